@@ -1,0 +1,166 @@
+"""Callbacks: stopping rule, non-finite loss guard, Ctrl-C checkpointing and TensorBoard previews."""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from .errors import RegistrationError
+from .geometry import grid_trans_norm, image_corners, transform_points, warp_grid
+from .render import checkerboard, colour_overlay
+
+
+class ConvergenceStopping(pl.Callback):
+    """Stops when the transform has converged.
+
+    Every ``every`` steps the fixed image's four corners are mapped into the moving image (full-resolution pixels);
+    when they moved less than ``tol_px`` since the previous check, ``patience`` checks in a row, and at least
+    ``min_steps`` steps ran, training stops. Its state is saved in checkpoints (Lightning runs ModelCheckpoint
+    after every other callback, so a checkpoint at step k holds the state after the check at step k).
+    """
+
+    def __init__(self, every: int, tol_px: float, patience: int, min_steps: int):
+        self.every, self.tol_px, self.patience, self.min_steps = int(every), float(tol_px), int(patience), int(min_steps)
+        self.last_corners: Optional[torch.Tensor] = None
+        self.still_checks = 0
+        self.converged = False
+        self.last_motion_px = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step  # steps done
+        if self.every <= 0 or step % self.every or outputs is None:
+            return
+        corners = transform_points(pl_module.pixel_matrix(), image_corners(pl_module.fixed_hw))  # 4 x 2
+        if not torch.isfinite(corners).all():
+            return
+        if self.last_corners is not None:
+            self.last_motion_px = float((corners - self.last_corners).norm(dim=-1).max())
+            self.still_checks = self.still_checks + 1 if self.last_motion_px < self.tol_px else 0
+            pl_module.log("train/corner_motion_px", self.last_motion_px, on_step=True, batch_size=1)
+        self.last_corners = corners
+        if step >= self.min_steps and self.still_checks >= self.patience:
+            self.converged = True
+            trainer.should_stop = True
+
+    def state_dict(self):
+        return {"last_corners": self.last_corners, "still_checks": self.still_checks, "converged": self.converged,
+                "last_motion_px": self.last_motion_px}
+
+    def load_state_dict(self, state):
+        self.last_corners = state["last_corners"]
+        self.still_checks = int(state["still_checks"])
+        self.converged = bool(state["converged"])
+        self.last_motion_px = float(state["last_motion_px"])
+
+
+def _save_last(trainer: pl.Trainer, ckpt_dir: Optional[Path]) -> Optional[Path]:
+    if ckpt_dir is None:
+        return None
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / "last.ckpt"
+    trainer.save_checkpoint(str(path))
+    return path
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stops with :class:`RegistrationError` when the loss turns NaN or infinite.
+
+    :meth:`DrmimeModule.training_step` skips the optimiser step for such a loss (returns None), so the parameters
+    still hold the last good transform; this callback saves them to ``last.ckpt`` and raises.
+    """
+
+    def __init__(self, ckpt_dir: Optional[Path]):
+        self.ckpt_dir = ckpt_dir
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if outputs is not None:
+            return
+        saved = _save_last(trainer, self.ckpt_dir)
+        where = f"; the last good transform is in {saved}" if saved else ""
+        raise RegistrationError(
+            f"loss became NaN or infinite at step {trainer.global_step + 1}; stopped{where}. "
+            f"Lower the learning rates (optim.*) or check the images"
+        )
+
+
+class GracefulInterrupt(pl.Callback):
+    """Ctrl-C (SIGINT) stops after the current step and saves ``last.ckpt``; a second Ctrl-C aborts at once."""
+
+    def __init__(self, ckpt_dir: Optional[Path]):
+        self.ckpt_dir = ckpt_dir
+        self.requested = False
+        self.saved: Optional[Path] = None
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:  # second Ctrl-C: give up on a clean stop
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.requested and not trainer.should_stop:
+            self.saved = _save_last(trainer, self.ckpt_dir)
+            trainer.should_stop = True
+
+    def _restore(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_end(self, trainer, pl_module):
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._restore()
+
+
+class PreviewImages(pl.Callback):
+    """Every ``every`` steps (and at the end) logs, at about ``size`` pixels: the warped moving image, a
+    checkerboard and a colour overlay with the fixed image (``preview/*`` in TensorBoard).
+
+    Uses the finest pyramid levels no larger than ``size``, so a preview costs the same for any image size.
+    """
+
+    def __init__(self, fixed_pyramid, every: int, size: int):
+        self.every, self.size = int(every), int(size)
+        self.fixed = next((img for img in fixed_pyramid if max(img.shape[-2:]) <= self.size), fixed_pyramid[-1])
+
+    def _moving_level(self, pl_module):
+        pyramid = pl_module.moving_pyramid()
+        return next((img for img in pyramid if max(img.shape[-2:]) <= self.size), pyramid[-1])
+
+    @rank_zero_only
+    def log_preview(self, trainer, pl_module):
+        logger = trainer.logger
+        if logger is None or not hasattr(logger.experiment, "add_image"):
+            return
+        with torch.no_grad():
+            h = pl_module.normalised_matrix()
+            moving_grid_trans_fixed_grid = (
+                grid_trans_norm(pl_module.moving_hw, pl_module.scale) @ h
+                @ torch.linalg.inv(grid_trans_norm(pl_module.fixed_hw, pl_module.scale))
+            )
+            moving = self._moving_level(pl_module).detach().float().cpu()
+            warped = warp_grid(moving, moving_grid_trans_fixed_grid, self.fixed.shape[-2:]).clamp(0, 1)
+        step = trainer.global_step
+        exp = logger.experiment
+        exp.add_image("preview/warped_moving", warped if warped.shape[0] in (1, 3) else warped[:1], step)
+        exp.add_image("preview/checkerboard", checkerboard(self.fixed, warped), step)
+        exp.add_image("preview/overlay", colour_overlay(self.fixed, warped), step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.every > 0 and (trainer.global_step == 1 or trainer.global_step % self.every == 0):
+            self.log_preview(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.log_preview(trainer, pl_module)

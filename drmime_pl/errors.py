@@ -1,0 +1,25 @@
+"""Typed errors for users' mistakes and for registrations that cannot succeed.
+
+Every message is one line that names the file or setting and says what is wrong. The command line prints it and
+exits with status 2 (see :mod:`drmime_pl.fit`); the Python API raises it.
+"""
+
+
+class DrmimeError(Exception):
+    """Base class: a problem the user can fix, reported without a traceback."""
+
+
+class ConfigError(DrmimeError, ValueError):
+    """A configuration file, key or value is wrong."""
+
+
+class ImageError(DrmimeError, ValueError):
+    """An image or mask file is missing, unreadable, or unusable for registration."""
+
+
+class CheckpointError(DrmimeError, ValueError):
+    """A checkpoint is missing or belongs to another run (other transform model or image pair)."""
+
+
+class RegistrationError(DrmimeError, RuntimeError):
+    """The optimisation failed: the loss became NaN or infinite, or the transform degenerated."""

@@ -1,0 +1,156 @@
+"""The LightningModule: MINE + matrix-exponential transform, optimised on all pyramid levels at once."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from .geometry import (
+    grid_trans_norm,
+    pixel_matrix_from_normalised,
+    sample_at_grid,
+    transform_points,
+)
+from .mine import (
+    MineNetwork,
+    bias_corrected_surrogate,
+    donsker_varadhan,
+    shuffled_pairs,
+    update_log_moving_average,
+)
+from .transforms import MatrixExpTransform
+
+
+class DrmimeModule(pl.LightningModule):
+    """Registers a moving image (pyramid held here) to the fixed image whose pixels arrive in batches.
+
+    Each step warps the moving pyramid *only at the sampled fixed points* (``grid_sample`` on ``L x B`` points),
+    so its cost does not depend on the image size. Loss = -mean over levels of the Donsker-Varadhan MI bound of one
+    shared MINE network.
+
+    Args:
+        mine: statistics network on 2*C inputs.
+        transform: coefficients and generator basis.
+        moving_pyramid: ``L`` images ``C x H_l x W_l`` (not saved in checkpoints: rebuilt from the image files).
+        fixed_hw, moving_hw: full-resolution ``(H, W)`` of both images.
+        scale: pixels per normalised unit.
+        lr_mine, lr_shared, lr_fine: Adam learning rates of the three parameter groups.
+        amsgrad: Adam's amsgrad variant (DRMIME's choice).
+        lr_final_factor: cosine decay of every learning rate to this fraction at ``max_steps``.
+        max_steps: length of the schedule.
+        bias_correction: MINE's moving-average gradient correction; ``ma_rate`` is its rate.
+        log_every_n_steps: how often scalars are logged.
+        identity: transform model and image-pair fingerprint, saved with the hyper-parameters so that a
+            checkpoint of another run is refused on resume.
+    """
+
+    def __init__(
+        self,
+        mine: MineNetwork,
+        transform: MatrixExpTransform,
+        moving_pyramid: Sequence[torch.Tensor],
+        fixed_hw: Sequence[int],
+        moving_hw: Sequence[int],
+        scale: float,
+        lr_mine: float = 3e-3,
+        lr_shared: float = 3e-3,
+        lr_fine: float = 1e-4,
+        amsgrad: bool = True,
+        lr_final_factor: float = 0.05,
+        max_steps: int = 500,
+        bias_correction: bool = False,
+        ma_rate: float = 0.01,
+        log_every_n_steps: int = 10,
+        identity: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["mine", "transform", "moving_pyramid"])
+        self.mine = mine
+        self.transform = transform
+        self.levels = len(moving_pyramid)
+        for level, image in enumerate(moving_pyramid):
+            self.register_buffer(f"moving_{level}", image, persistent=False)
+        # fixed normalised frame -> moving grid_sample frame, applied after H.
+        self.register_buffer("moving_grid_trans_norm", grid_trans_norm(moving_hw, scale).float(), persistent=False)
+        self.fixed_hw, self.moving_hw, self.scale = tuple(fixed_hw), tuple(moving_hw), float(scale)
+        # State that must survive a resume lives in persistent buffers (saved in the checkpoint).
+        self.register_buffer("log_ma", torch.zeros(self.levels))
+        self.register_buffer("ma_initialised", torch.tensor(False))
+        self.register_buffer("mi_ema", torch.zeros(self.levels))
+
+    def moving_pyramid(self) -> List[torch.Tensor]:
+        return [getattr(self, f"moving_{level}") for level in range(self.levels)]
+
+    # ---------------------------------------------------------------- the objective
+    def mutual_information(self, batch: Dict[str, torch.Tensor]):
+        """Per-level DV MI estimates and the objective to maximise (``L`` each)."""
+        fixed_norm, fixed, permutation = batch["fixed_norm"], batch["fixed"], batch["permutation"]
+        levels, b = permutation.shape
+        matrices = self.moving_grid_trans_norm @ self.transform.level_matrices(levels)  # L x 3 x 3
+        moving_grid = transform_points(matrices, fixed_norm)  # L x B x 2
+        moving = torch.stack(
+            [sample_at_grid(img, pts) for img, pts in zip(self.moving_pyramid(), moving_grid)]
+        ).to(fixed.dtype)  # L x B x C
+        joint, marginal = shuffled_pairs(fixed, moving, permutation)  # L x B x 2C each
+        scores = self.mine(torch.cat([joint, marginal], 1).reshape(levels * 2 * b, -1)).reshape(levels, 2 * b)
+        t_joint, t_marginal = scores[:, :b], scores[:, b:]
+        mi = donsker_varadhan(t_joint, t_marginal)  # L
+        objective = mi
+        if self.hparams.bias_correction:
+            log_ma = update_log_moving_average(self.log_ma, t_marginal, self.hparams.ma_rate, bool(self.ma_initialised))
+            self.log_ma.copy_(log_ma)
+            self.ma_initialised.fill_(True)
+            surrogate = bias_corrected_surrogate(t_joint, t_marginal, log_ma)
+            objective = mi.detach() + (surrogate - surrogate.detach())
+        return mi, objective
+
+    def training_step(self, batch, batch_idx):
+        mi, objective = self.mutual_information(batch)
+        loss = -objective.mean()
+        if not torch.isfinite(loss):
+            return None  # no optimiser step: the parameters keep the last good transform (NonFiniteGuard stops)
+        with torch.no_grad():
+            self.mi_ema.copy_(torch.where(self.mi_ema == 0, mi.detach(), 0.95 * self.mi_ema + 0.05 * mi.detach()))
+        if self.global_step % self.hparams.log_every_n_steps == 0:
+            self._log_scalars(loss, mi)
+        return loss
+
+    def _log_scalars(self, loss, mi):
+        values = {"train/loss": loss.detach(), "train/mi_mean": mi.detach().mean()}
+        values.update({f"train/mi_level{level}": mi[level].detach() for level in range(self.levels)})
+        matrix = self.pixel_matrix()
+        values.update({f"matrix/m{r}{c}": matrix[r, c].float() for r in range(3) for c in range(3)})
+        values.update({f"coef/shared{i}": v.detach() for i, v in enumerate(self.transform.shared)})
+        values.update({f"coef/fine{i}": v.detach() for i, v in enumerate(self.transform.fine)})
+        self.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
+
+    # ---------------------------------------------------------------- results
+    @torch.no_grad()
+    def normalised_matrix(self) -> torch.Tensor:
+        """Finest-level ``moving_norm_trans_fixed_norm``, float64 ``3 x 3``."""
+        return self.transform(finest=True).detach().double().cpu()
+
+    @torch.no_grad()
+    def pixel_matrix(self) -> torch.Tensor:
+        """``moving_pix_trans_fixed_pix`` (full resolution), float64 ``3 x 3``."""
+        return pixel_matrix_from_normalised(self.normalised_matrix(), self.fixed_hw, self.moving_hw, self.scale)
+
+    # ---------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = [
+            {"params": self.mine.parameters(), "lr": hp.lr_mine, "name": "mine"},
+            {"params": [self.transform.shared], "lr": hp.lr_shared, "name": "shared"},
+            {"params": [self.transform.fine], "lr": hp.lr_fine, "name": "fine"},
+        ]
+        optimizer = torch.optim.Adam(groups, amsgrad=hp.amsgrad)
+        total, floor = max(1, hp.max_steps), hp.lr_final_factor
+
+        def cosine(step: int) -> float:
+            t = min(step, total) / total
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

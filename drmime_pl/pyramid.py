@@ -1,0 +1,96 @@
+"""Gaussian pyramids and foreground masks.
+
+Level 0 is the full-resolution image; level l+1 is level l blurred by a Gaussian (``sigma`` pixels of level l) and
+resized by 1/2 *edge to edge* (``F.interpolate(..., align_corners=False)`` with an explicit size), so a point's
+grid-frame coordinate (see :mod:`drmime_pl.geometry`) is the same on every level.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def max_levels(hw: Sequence[int], min_size: int = 32) -> int:
+    """Largest level count such that the coarsest level's short side keeps at least ``min_size`` pixels."""
+    short = min(int(hw[0]), int(hw[1]))
+    if short < min_size:
+        return 1
+    return 1 + int(math.floor(math.log2(short / min_size)))
+
+
+def gaussian_kernel1d(sigma: float, dtype=torch.float32) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a ``C x H x W`` image with reflect padding. Same shape out."""
+    if sigma <= 0:
+        return image
+    k = gaussian_kernel1d(sigma, image.dtype).to(image.device)
+    c = image.shape[0]
+    r = (k.numel() - 1) // 2
+    x = image.unsqueeze(0)  # 1 x C x H x W
+    mode = "reflect" if min(image.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x[0]
+
+
+def min_max_normalise(image: torch.Tensor) -> torch.Tensor:
+    """Scale a ``C x H x W`` image to [0, 1] over all its channels (a constant image becomes zeros)."""
+    lo, hi = image.amin(), image.amax()
+    return (image - lo) / (hi - lo) if float(hi - lo) > 0 else torch.zeros_like(image)
+
+
+def gaussian_pyramid(image: torch.Tensor, levels: int, sigma: float = 1.0, normalise: bool = True) -> List[torch.Tensor]:
+    """Build ``levels`` images, finest first, each ``C x H_l x W_l`` with ``H_{l+1} = max(1, H_l // 2)``.
+
+    Each level is min-max normalised to [0, 1] when ``normalise`` is set (as in the DRMIME notebooks).
+    """
+    out = [image]
+    for _ in range(levels - 1):
+        prev = out[-1]
+        h, w = prev.shape[-2:]
+        blurred = gaussian_blur(prev, sigma)
+        size = (max(1, h // 2), max(1, w // 2))
+        out.append(F.interpolate(blurred.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0])
+    return [min_max_normalise(x) for x in out] if normalise else out
+
+
+def downsample_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``H x W`` bool mask -> ``size`` bool mask (a coarse pixel is foreground when most of it is)."""
+    m = F.interpolate(mask[None, None].float(), size=tuple(size), mode="area")[0, 0]
+    return m >= 0.5
+
+
+def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int = 512) -> torch.Tensor:
+    """Foreground mask: pixels that differ from the background colour seen along the image border.
+
+    Fundus photographs have a black border around the field of view and histology slides white glass around the
+    tissue; both are the dominant colour of the border. The mask is computed on a copy at most ``max_side`` pixels
+    wide (blurred), so its cost does not grow with the image, and returned at full size.
+
+    Args:
+        image: ``C x H x W`` in [0, 1].
+        threshold: distance (max over channels) from the background colour above which a pixel is foreground.
+
+    Returns:
+        ``H x W`` bool tensor. When it would keep less than 5% of the image, everything is foreground instead.
+    """
+    c, h, w = image.shape
+    factor = max(1, int(math.ceil(max(h, w) / max_side)))
+    small = F.avg_pool2d(image.unsqueeze(0), factor, ceil_mode=True)[0] if factor > 1 else image
+    small = gaussian_blur(small, 1.0)
+    border = torch.cat([small[:, 0, :], small[:, -1, :], small[:, :, 0], small[:, :, -1]], dim=1)  # C x P
+    background = border.median(dim=1).values.view(c, 1, 1)
+    fg_small = (small - background).abs().amax(0) > threshold
+    if float(fg_small.float().mean()) < 0.05:
+        return torch.ones(h, w, dtype=torch.bool)
+    fg = F.interpolate(fg_small[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
+    return fg

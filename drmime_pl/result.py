@@ -1,0 +1,128 @@
+"""The result of a registration and the files it is written to."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .geometry import transform_points, warp_image
+
+
+@dataclass
+class Registration:
+    """A finished registration.
+
+    Attributes:
+        matrix: ``3 x 3`` ``moving_pix_trans_fixed_pix``: maps a fixed-image pixel (x, y, 1) (x = column, y = row,
+            pixel centres at integers) to the moving-image pixel that lands on it; [2, 2] is 1.
+        matrix_normalised: the same transform in the normalised frame (:mod:`drmime_pl.geometry`), fixed -> moving.
+        coefficients_shared, coefficients_fine: matrix-exponential coefficients (all levels; finest level only).
+    """
+
+    matrix: np.ndarray
+    matrix_normalised: np.ndarray
+    coefficients_shared: np.ndarray
+    coefficients_fine: np.ndarray
+    transform: str
+    fixed_shape: Tuple[int, int]
+    moving_shape: Tuple[int, int]
+    scale: float
+    mi_per_level: List[float]
+    steps: int
+    seconds: float
+    converged: bool
+    seed: int
+    fixed: str = "fixed image"
+    moving: str = "moving image"
+    output_dir: Optional[str] = None
+    checkpoint: Optional[str] = None
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def final_mi(self) -> float:
+        """Mean over levels of the final MI estimate (nats, averaged over the last steps)."""
+        return float(np.mean(self.mi_per_level))
+
+    def transform_points(self, fixed_points) -> np.ndarray:
+        """Map ``N x 2`` fixed-image pixel points (x, y) to moving-image pixels."""
+        pts = torch.as_tensor(np.asarray(fixed_points, dtype=np.float64))
+        return transform_points(torch.as_tensor(self.matrix), pts).numpy()
+
+    def warp(self, moving) -> np.ndarray:
+        """Resample ``moving`` (path, array or tensor) onto the fixed image's grid. Returns ``H x W (x C)`` float."""
+        from .api import warp
+
+        return warp(moving, self.matrix, self.fixed_shape)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for key in ("matrix", "matrix_normalised", "coefficients_shared", "coefficients_fine"):
+            d[key] = np.asarray(d[key]).tolist()
+        d["final_mi"] = self.final_mi
+        d["convention"] = (
+            "matrix maps fixed-image pixel (x, y, 1) to moving-image pixel (x, y, 1); x = column, y = row, "
+            "pixel centres at integer coordinates, (0, 0) = centre of the top-left pixel; divide by the third "
+            "coordinate. matrix_normalised acts in the normalised frames: origin at each image's centre, "
+            "one unit = scale pixels."
+        )
+        d["fixed_shape"] = list(self.fixed_shape)  # (H, W)
+        d["moving_shape"] = list(self.moving_shape)
+        return d
+
+
+def library_versions() -> dict:
+    import pytorch_lightning
+
+    from . import __version__
+
+    return {"drmime_pl": __version__, "torch": torch.__version__, "pytorch_lightning": pytorch_lightning.__version__,
+            "python": platform.python_version()}
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_outputs(result: Registration, fixed: torch.Tensor, moving: torch.Tensor, out_dir: Path, config_yaml: str,
+                  warped: bool = True, overlay: bool = True, overlay_size: int = 1024) -> None:
+    """Write ``config.yaml``, ``warped.png``, ``overlay.png`` and, last, ``transform.json`` into ``out_dir``.
+
+    Every file is written under a temporary name and renamed, and ``transform.json`` comes last: when it exists,
+    the run finished and every other file is whole.
+    """
+    from .images import save_image_atomic
+    from .render import colour_overlay, resize_long_side
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(config_yaml, out_dir / "config.yaml")
+    if warped or overlay:
+        warped_img = warp_image(moving, torch.as_tensor(result.matrix), result.fixed_shape).clamp(0, 1)
+        if warped:
+            save_image_atomic(warped_img, out_dir / "warped.png")
+        if overlay:
+            small_fixed = resize_long_side(fixed, overlay_size)
+            small_warped = resize_long_side(warped_img, overlay_size)
+            save_image_atomic(colour_overlay(small_fixed, small_warped), out_dir / "overlay.png")
+    write_json_atomic(result.to_json(), out_dir / "transform.json")

@@ -1,0 +1,42 @@
+"""The transform as an ``nn.Module`` that owns its matrix-exponential coefficients."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .geometry import TRANSFORM_DOFS, generator_basis, matrix_from_coefficients
+
+
+class MatrixExpTransform(nn.Module):
+    """``H = expm(sum_i v_i B_i)`` in the normalised frame, mapping fixed -> moving (see :mod:`drmime_pl.geometry`).
+
+    As in DRMIME, ``shared`` coefficients act on every pyramid level and ``fine`` coefficients are added on the
+    finest level only, to refine it.
+
+    Args:
+        model: ``translation``, ``rigid``, ``similarity``, ``affine`` or ``perspective``.
+        init: optional ``K`` initial shared coefficients (e.g. from :func:`drmime_pl.init.moments_init`).
+    """
+
+    def __init__(self, model: str, init: Optional[torch.Tensor] = None):
+        super().__init__()
+        if model not in TRANSFORM_DOFS:
+            raise ValueError(f"model.transform: unknown value {model!r}; expected one of {', '.join(TRANSFORM_DOFS)}")
+        self.model = model
+        k = TRANSFORM_DOFS[model]
+        self.register_buffer("basis", generator_basis(model).float(), persistent=False)  # K x 3 x 3
+        start = torch.zeros(k) if init is None else torch.as_tensor(init, dtype=torch.float32).reshape(k)
+        self.shared = nn.Parameter(start.clone())
+        self.fine = nn.Parameter(torch.zeros(k))
+
+    def forward(self, finest: bool = True) -> torch.Tensor:
+        """Normalised ``moving_norm_trans_fixed_norm``: ``3 x 3`` (with the fine refinement when ``finest``)."""
+        v = self.shared + self.fine if finest else self.shared
+        return matrix_from_coefficients(v.float(), self.basis)
+
+    def level_matrices(self, levels: int) -> torch.Tensor:
+        """``L x 3 x 3``: level 0 gets shared + fine coefficients, levels 1.. the shared ones."""
+        v = torch.stack([self.shared + self.fine] + [self.shared] * (levels - 1)).float()  # L x K
+        return matrix_from_coefficients(v, self.basis)
