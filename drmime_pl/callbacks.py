@@ -19,41 +19,50 @@ from .render import checkerboard, colour_overlay
 class ConvergenceStopping(pl.Callback):
     """Stops when the transform has converged.
 
-    Every ``every`` steps the fixed image's four corners are mapped into the moving image (full-resolution pixels);
-    when they moved less than ``tol_px`` since the previous check, ``patience`` checks in a row, and at least
-    ``min_steps`` steps ran, training stops. Its state is saved in checkpoints (Lightning runs ModelCheckpoint
-    after every other callback, so a checkpoint at step k holds the state after the check at step k).
+    After every step the fixed image's four corners are mapped into the moving image (full-resolution pixels). Every
+    ``every`` steps the mean corner positions of that window are compared with the previous window's: when they
+    moved less than ``tol_px``, ``patience`` windows in a row, and at least ``min_steps`` steps ran, training stops.
+    Window means, not single steps, because Adam keeps the coefficients jittering around the optimum.
+    The state is saved in checkpoints (Lightning runs ModelCheckpoint after every other callback, so a checkpoint
+    at step k holds the state after step k).
     """
 
     def __init__(self, every: int, tol_px: float, patience: int, min_steps: int):
         self.every, self.tol_px, self.patience, self.min_steps = int(every), float(tol_px), int(patience), int(min_steps)
-        self.last_corners: Optional[torch.Tensor] = None
+        self.window_sum = torch.zeros(4, 2, dtype=torch.float64)
+        self.last_mean: Optional[torch.Tensor] = None
         self.still_checks = 0
         self.converged = False
         self.last_motion_px = float("nan")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step  # steps done
-        if self.every <= 0 or step % self.every or outputs is None:
+        if self.every <= 0 or outputs is None:
             return
         corners = transform_points(pl_module.pixel_matrix(), image_corners(pl_module.fixed_hw))  # 4 x 2
         if not torch.isfinite(corners).all():
             return
-        if self.last_corners is not None:
-            self.last_motion_px = float((corners - self.last_corners).norm(dim=-1).max())
+        self.window_sum += corners
+        step = trainer.global_step  # steps done
+        if step % self.every:
+            return
+        mean = self.window_sum / self.every
+        self.window_sum = torch.zeros_like(self.window_sum)
+        if self.last_mean is not None:
+            self.last_motion_px = float((mean - self.last_mean).norm(dim=-1).max())
             self.still_checks = self.still_checks + 1 if self.last_motion_px < self.tol_px else 0
             pl_module.log("train/corner_motion_px", self.last_motion_px, on_step=True, batch_size=1)
-        self.last_corners = corners
+        self.last_mean = mean
         if step >= self.min_steps and self.still_checks >= self.patience:
             self.converged = True
             trainer.should_stop = True
 
     def state_dict(self):
-        return {"last_corners": self.last_corners, "still_checks": self.still_checks, "converged": self.converged,
-                "last_motion_px": self.last_motion_px}
+        return {"window_sum": self.window_sum, "last_mean": self.last_mean, "still_checks": self.still_checks,
+                "converged": self.converged, "last_motion_px": self.last_motion_px}
 
     def load_state_dict(self, state):
-        self.last_corners = state["last_corners"]
+        self.window_sum = state["window_sum"]
+        self.last_mean = state["last_mean"]
         self.still_checks = int(state["still_checks"])
         self.converged = bool(state["converged"])
         self.last_motion_px = float(state["last_motion_px"])

@@ -24,7 +24,9 @@ class DataConfig:
     fixed_mask: Optional[str] = None
     auto_mask: bool = True
     mask_threshold: float = 0.08
+    mask_margin: float = 0.03
     channels: str = "auto"
+    sampling: str = "uniform"
     levels: int = 6
     min_level_size: int = 32
     blur_sigma: float = 1.0
@@ -35,7 +37,7 @@ class DataConfig:
 class ModelConfig:
     transform: str = "perspective"
     init: str = "moments"
-    mine_hidden: List[int] = field(default_factory=lambda: [64, 64])
+    mine_hidden: List[int] = field(default_factory=lambda: [32, 32])
     bias_correction: bool = False
     ma_rate: float = 0.01
 
@@ -47,6 +49,7 @@ class OptimConfig:
     lr_fine: float = 1e-4
     amsgrad: bool = True
     lr_final_factor: float = 0.05
+    warmup_steps: int = 50
 
 
 @dataclass
@@ -54,7 +57,7 @@ class FitConfig:
     max_steps: int = 500
     min_steps: int = 150
     converge_every: int = 25
-    converge_tol_px: float = 0.1
+    converge_tol_px: float = 0.5
     converge_patience: int = 2
     seed: int = 0
     accelerator: str = "cpu"
@@ -151,10 +154,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"config key {key!r}: {what} (got {OmegaConf.select(cfg, key)!r})")
 
     d, m, o, f, lg = cfg.data, cfg.model, cfg.optim, cfg.fit, cfg.logging
+    need(d.sampling in ("uniform", "edges"), "data.sampling", "must be uniform or edges")
     need(d.levels >= 1, "data.levels", "must be at least 1")
     need(d.min_level_size >= 4, "data.min_level_size", "must be at least 4")
     need(d.batch_size >= 16, "data.batch_size", "must be at least 16")
     need(d.blur_sigma >= 0, "data.blur_sigma", "must be >= 0")
+    need(-0.25 <= d.mask_margin <= 0.25, "data.mask_margin", "must be in [-0.25, 0.25]")
     need(0 <= d.mask_threshold < 1, "data.mask_threshold", "must be in [0, 1)")
     need(d.channels in ("auto", "gray", "rgb", "0", "1", "2"), "data.channels", "must be auto, gray, rgb, 0, 1 or 2")
     need(m.transform in TRANSFORM_DOFS, "model.transform", f"must be one of {', '.join(TRANSFORM_DOFS)}")
@@ -164,6 +169,7 @@ def validate(cfg: DictConfig) -> None:
     need(0 < m.ma_rate < 1, "model.ma_rate", "must be in (0, 1)")
     for key in ("lr_mine", "lr_shared", "lr_fine"):
         need(o[key] > 0, f"optim.{key}", "must be > 0")
+    need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     need(0 < o.lr_final_factor <= 1, "optim.lr_final_factor", "must be in (0, 1]")
     need(f.max_steps >= 1, "fit.max_steps", "must be at least 1")
     need(f.min_steps >= 0, "fit.min_steps", "must be >= 0")

@@ -13,6 +13,31 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .geometry import grid_trans_norm
+from .images import luminance
+
+
+def sampling_weights(image: torch.Tensor, mask: torch.Tensor, mode: str, edge_floor: float = 0.1) -> torch.Tensor:
+    """Per-pixel sampling weights of one fixed level.
+
+    Args:
+        image: ``C x H x W`` level.
+        mask: ``H x W`` bool.
+        mode: ``uniform`` (every pixel of the mask alike) or ``edges`` (proportional to the gradient magnitude plus
+            ``edge_floor`` times its mean: structure such as vessels is sampled often, flat areas still sometimes).
+
+    Returns:
+        ``H x W`` float weights, zero outside the mask.
+    """
+    if mode == "uniform":
+        return mask.float()
+    gray = luminance(image)[0]
+    gx = torch.zeros_like(gray)
+    gy = torch.zeros_like(gray)
+    gx[:, 1:-1] = gray[:, 2:] - gray[:, :-2]
+    gy[1:-1, :] = gray[2:, :] - gray[:-2, :]
+    magnitude = torch.sqrt(gx * gx + gy * gy) * mask
+    mean = magnitude.sum() / mask.sum().clamp_min(1)
+    return (magnitude + edge_floor * mean.clamp_min(1e-8)) * mask
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -21,7 +46,8 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 
 
 class PixelBatchSampler:
-    """Draws, for every level, ``batch_size`` foreground pixels of the fixed image uniformly at random.
+    """Draws, for every level, ``batch_size`` pixels of the fixed image at random with probability proportional to
+    a per-level weight map (uniform over a mask, or favouring edges, see :func:`sampling_weights`).
 
     A batch is a dict of level-stacked tensors:
 
@@ -31,18 +57,22 @@ class PixelBatchSampler:
 
     Args:
         fixed_pyramid: ``L`` images ``C x H_l x W_l``, finest first.
-        masks: ``L`` bool masks ``H_l x W_l`` (pixels that may be sampled).
+        weights: ``L`` maps ``H_l x W_l`` >= 0 (zero: never sampled), proportional to the sampling probability.
         fixed_hw: full-resolution ``(H, W)``.
         scale: pixels per normalised unit (:func:`drmime_pl.geometry.pair_scale`).
     """
 
-    def __init__(self, fixed_pyramid: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], fixed_hw, scale: float,
+    def __init__(self, fixed_pyramid: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], fixed_hw, scale: float,
                  batch_size: int, seed: int):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.levels = len(fixed_pyramid)
         self.flat = [img.reshape(img.shape[0], -1).t().contiguous() for img in fixed_pyramid]  # L x (HW x C)
-        self.indices = [m.reshape(-1).nonzero().squeeze(1) for m in masks]  # foreground flat indices per level
+        # Inverse-CDF sampling: O(B log N) per level and step, whatever the image size.
+        self.cdfs = []
+        for w in weights:
+            cdf = torch.cumsum(w.reshape(-1).double(), 0)
+            self.cdfs.append(cdf / cdf[-1])
         fixed_norm_trans_grid = torch.linalg.inv(grid_trans_norm(fixed_hw, scale)).float()  # 3 x 3, diagonal
         # Per level: pixel (col, row) -> normalised, as a scale and an offset per axis.
         self.to_norm = []
@@ -56,8 +86,9 @@ class PixelBatchSampler:
     def batch(self, step: int) -> Dict[str, torch.Tensor]:
         g = _step_generator(self.seed, step)
         norms, values, perms = [], [], []
-        for flat, idx, (w, scale_xy, offset_xy) in zip(self.flat, self.indices, self.to_norm):
-            pick = idx[torch.randint(idx.numel(), (self.batch_size,), generator=g)]  # B
+        for flat, cdf, (w, scale_xy, offset_xy) in zip(self.flat, self.cdfs, self.to_norm):
+            u = torch.rand(self.batch_size, generator=g, dtype=torch.float64)
+            pick = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)  # B flat indices
             xy = torch.stack([pick % w, torch.div(pick, w, rounding_mode="floor")], -1).float()  # B x 2 pixels
             norms.append(xy * scale_xy + offset_xy)
             values.append(flat[pick])

@@ -109,12 +109,12 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None):
     mine = MineNetwork(2 * pair.channels, list(m.mine_hidden))
     transform = MatrixExpTransform(m.transform, init=pair.init)
     module = DrmimeModule(
-        mine, transform, pair.moving_pyramid, pair.fixed_hw, pair.moving_hw, pair.scale,
+        mine, transform, pair.moving_pyramid, pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale,
         lr_mine=o.lr_mine, lr_shared=o.lr_shared, lr_fine=o.lr_fine, amsgrad=o.amsgrad,
-        lr_final_factor=o.lr_final_factor, max_steps=f.max_steps, bias_correction=m.bias_correction,
+        lr_final_factor=o.lr_final_factor, warmup_steps=o.warmup_steps, max_steps=f.max_steps, bias_correction=m.bias_correction,
         ma_rate=m.ma_rate, log_every_n_steps=lg.every_n_steps, identity=identity,
     )
-    sampler = PixelBatchSampler(pair.fixed_pyramid, pair.fixed_masks, pair.fixed_hw, pair.scale, d.batch_size, f.seed)
+    sampler = PixelBatchSampler(pair.fixed_pyramid, pair.fixed_weights, pair.fixed_hw, pair.scale, d.batch_size, f.seed)
     datamodule = PyramidDataModule(sampler)
 
     logger, run_dir, ckpt_dir = False, None, None

@@ -38,20 +38,38 @@ def log_mean_exp(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
 
 
-def donsker_varadhan(t_joint: torch.Tensor, t_marginal: torch.Tensor) -> torch.Tensor:
-    """DV bound per row: ``mean(t_joint) - log mean exp(t_marginal)``.
+def weighted_mean(x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the last dim, optionally weighted (``weights`` >= 0, same shape). ``... x N`` -> ``...``."""
+    if weights is None:
+        return x.mean(-1)
+    return (x * weights).sum(-1) / weights.sum(-1).clamp_min(1e-12)
+
+
+def weighted_log_mean_exp(x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``log(sum w exp(x) / sum w)`` via logsumexp; zero weights drop samples. ``... x N`` -> ``...``."""
+    if weights is None:
+        return log_mean_exp(x, -1)
+    return torch.logsumexp(x + torch.log(weights.clamp_min(1e-30)), -1) - torch.log(weights.sum(-1).clamp_min(1e-12))
+
+
+def donsker_varadhan(t_joint: torch.Tensor, t_marginal: torch.Tensor, w_joint: torch.Tensor | None = None,
+                     w_marginal: torch.Tensor | None = None) -> torch.Tensor:
+    """DV bound per row: ``mean(t_joint) - log mean exp(t_marginal)``, optionally with sample weights.
 
     Args:
         t_joint, t_marginal: ``... x N`` network scores.
+        w_joint, w_marginal: optional ``... x N`` non-negative weights (e.g. 0 for samples that fall outside the
+            moving image's foreground); the means become weighted means.
 
     Returns:
         ``...`` MI estimates in nats.
     """
-    return t_joint.float().mean(-1) - log_mean_exp(t_marginal.float(), -1)
+    return weighted_mean(t_joint.float(), w_joint) - weighted_log_mean_exp(t_marginal.float(), w_marginal)
 
 
 def bias_corrected_surrogate(
-    t_joint: torch.Tensor, t_marginal: torch.Tensor, log_moving_average: torch.Tensor
+    t_joint: torch.Tensor, t_marginal: torch.Tensor, log_moving_average: torch.Tensor,
+    w_joint: torch.Tensor | None = None, w_marginal: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Surrogate whose gradient is MINE's bias-corrected gradient (MINE paper, section 3.2).
 
@@ -66,15 +84,16 @@ def bias_corrected_surrogate(
     Returns:
         ``L`` surrogate bound (its value is not the MI; its gradient is the corrected one).
     """
-    ratio = torch.exp(log_mean_exp(t_marginal.float(), -1) - log_moving_average.detach())
-    return t_joint.float().mean(-1) - ratio
+    ratio = torch.exp(weighted_log_mean_exp(t_marginal.float(), w_marginal) - log_moving_average.detach())
+    return weighted_mean(t_joint.float(), w_joint) - ratio
 
 
 def update_log_moving_average(
-    log_ma: torch.Tensor, t_marginal: torch.Tensor, rate: float, initialised: bool
+    log_ma: torch.Tensor, t_marginal: torch.Tensor, rate: float, initialised: bool,
+    w_marginal: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``ma <- (1 - rate) ma + rate mean exp(t_marginal)``, in log space. ``L`` -> ``L``."""
-    current = log_mean_exp(t_marginal.detach().float(), -1)
+    current = weighted_log_mean_exp(t_marginal.detach().float(), w_marginal)
     if not initialised:
         return current
     return torch.logaddexp(log_ma + math.log1p(-rate), current + math.log(rate))

@@ -34,11 +34,16 @@ class DrmimeModule(pl.LightningModule):
         mine: statistics network on 2*C inputs.
         transform: coefficients and generator basis.
         moving_pyramid: ``L`` images ``C x H_l x W_l`` (not saved in checkpoints: rebuilt from the image files).
+        moving_weights: optional ``L`` masks ``H_l x W_l`` in [0, 1]: where the moving image is valid. A sample
+            whose warped point falls where the weight is 0 (background, outside the image) does not count, so MI
+            cannot grow by mapping the fixed foreground onto the moving background.
         fixed_hw, moving_hw: full-resolution ``(H, W)`` of both images.
         scale: pixels per normalised unit.
         lr_mine, lr_shared, lr_fine: Adam learning rates of the three parameter groups.
         amsgrad: Adam's amsgrad variant (DRMIME's choice).
         lr_final_factor: cosine decay of every learning rate to this fraction at ``max_steps``.
+        warmup_steps: the transform's learning rates ramp up linearly over these first steps, so that MINE has
+            learnt a useful statistic before it steers the transform.
         max_steps: length of the schedule.
         bias_correction: MINE's moving-average gradient correction; ``ma_rate`` is its rate.
         log_every_n_steps: how often scalars are logged.
@@ -51,6 +56,7 @@ class DrmimeModule(pl.LightningModule):
         mine: MineNetwork,
         transform: MatrixExpTransform,
         moving_pyramid: Sequence[torch.Tensor],
+        moving_weights: Sequence[torch.Tensor] | None,
         fixed_hw: Sequence[int],
         moving_hw: Sequence[int],
         scale: float,
@@ -59,6 +65,7 @@ class DrmimeModule(pl.LightningModule):
         lr_fine: float = 1e-4,
         amsgrad: bool = True,
         lr_final_factor: float = 0.05,
+        warmup_steps: int = 50,
         max_steps: int = 500,
         bias_correction: bool = False,
         ma_rate: float = 0.01,
@@ -66,11 +73,15 @@ class DrmimeModule(pl.LightningModule):
         identity: dict | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["mine", "transform", "moving_pyramid"])
+        self.save_hyperparameters(ignore=["mine", "transform", "moving_pyramid", "moving_weights"])
         self.mine = mine
         self.transform = transform
         self.levels = len(moving_pyramid)
+        self.channels = moving_pyramid[0].shape[0]
+        self.weighted = moving_weights is not None
         for level, image in enumerate(moving_pyramid):
+            if self.weighted:  # the weight rides along as an extra channel: one grid_sample per level
+                image = torch.cat([image, moving_weights[level].to(image).unsqueeze(0)])
             self.register_buffer(f"moving_{level}", image, persistent=False)
         # fixed normalised frame -> moving grid_sample frame, applied after H.
         self.register_buffer("moving_grid_trans_norm", grid_trans_norm(moving_hw, scale).float(), persistent=False)
@@ -81,7 +92,8 @@ class DrmimeModule(pl.LightningModule):
         self.register_buffer("mi_ema", torch.zeros(self.levels))
 
     def moving_pyramid(self) -> List[torch.Tensor]:
-        return [getattr(self, f"moving_{level}") for level in range(self.levels)]
+        """The moving levels, ``C x H_l x W_l`` (without the weight channel)."""
+        return [getattr(self, f"moving_{level}")[: self.channels] for level in range(self.levels)]
 
     # ---------------------------------------------------------------- the objective
     def mutual_information(self, batch: Dict[str, torch.Tensor]):
@@ -90,19 +102,25 @@ class DrmimeModule(pl.LightningModule):
         levels, b = permutation.shape
         matrices = self.moving_grid_trans_norm @ self.transform.level_matrices(levels)  # L x 3 x 3
         moving_grid = transform_points(matrices, fixed_norm)  # L x B x 2
-        moving = torch.stack(
-            [sample_at_grid(img, pts) for img, pts in zip(self.moving_pyramid(), moving_grid)]
-        ).to(fixed.dtype)  # L x B x C
+        sampled = torch.stack(
+            [sample_at_grid(getattr(self, f"moving_{level}"), moving_grid[level]) for level in range(levels)]
+        ).to(fixed.dtype)  # L x B x (C [+ 1])
+        moving = sampled[..., : self.channels]  # L x B x C
+        w_joint = w_marginal = None
+        if self.weighted:
+            w_joint = sampled[..., self.channels].detach().clamp(0, 1)  # L x B: validity of the warped point
+            w_marginal = torch.gather(w_joint, 1, permutation)  # the marginal pairs fixed i with moving perm[i]
         joint, marginal = shuffled_pairs(fixed, moving, permutation)  # L x B x 2C each
         scores = self.mine(torch.cat([joint, marginal], 1).reshape(levels * 2 * b, -1)).reshape(levels, 2 * b)
         t_joint, t_marginal = scores[:, :b], scores[:, b:]
-        mi = donsker_varadhan(t_joint, t_marginal)  # L
+        mi = donsker_varadhan(t_joint, t_marginal, w_joint, w_marginal)  # L
         objective = mi
         if self.hparams.bias_correction:
-            log_ma = update_log_moving_average(self.log_ma, t_marginal, self.hparams.ma_rate, bool(self.ma_initialised))
+            log_ma = update_log_moving_average(self.log_ma, t_marginal, self.hparams.ma_rate,
+                                               bool(self.ma_initialised), w_marginal)
             self.log_ma.copy_(log_ma)
             self.ma_initialised.fill_(True)
-            surrogate = bias_corrected_surrogate(t_joint, t_marginal, log_ma)
+            surrogate = bias_corrected_surrogate(t_joint, t_marginal, log_ma, w_joint, w_marginal)
             objective = mi.detach() + (surrogate - surrogate.detach())
         return mi, objective
 
@@ -152,5 +170,10 @@ class DrmimeModule(pl.LightningModule):
             t = min(step, total) / total
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        warmup = max(0, hp.warmup_steps)
+
+        def warm_cosine(step: int) -> float:
+            return cosine(step) * (min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, warm_cosine, warm_cosine])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -11,6 +11,7 @@ from .errors import ImageError
 from .geometry import pair_scale
 from .images import ImageLike, load_image, select_channels
 from .init import moments_init
+from .datamodule import sampling_weights
 from .pyramid import auto_foreground, downsample_mask, gaussian_pyramid, max_levels
 
 _MIN_FOREGROUND_PIXELS = 16
@@ -19,7 +20,8 @@ _MIN_FOREGROUND_PIXELS = 16
 @dataclass
 class PreparedPair:
     """Both images at full size (original channels, for outputs), their pyramids (compared channels, finest
-    first, each level in [0, 1]), the fixed image's sampling masks per level and the initial coefficients."""
+    first, each level in [0, 1]), the fixed image's sampling weights and the moving image's validity weights per
+    level, and the initial coefficients."""
 
     fixed_name: str
     moving_name: str
@@ -27,7 +29,8 @@ class PreparedPair:
     moving: torch.Tensor  # C_m x Hm x Wm
     fixed_pyramid: List[torch.Tensor]
     moving_pyramid: List[torch.Tensor]
-    fixed_masks: List[torch.Tensor]
+    fixed_weights: List[torch.Tensor]
+    moving_weights: Optional[List[torch.Tensor]]
     scale: float
     init: Optional[torch.Tensor]
 
@@ -105,20 +108,28 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
     if fixed_mask is not None:
         mask0 = load_mask(fixed_mask, fixed_t.shape[-2:], _name(fixed_mask, "fixed mask"))
     elif data_cfg.auto_mask:
-        mask0 = auto_foreground(fixed_t, data_cfg.mask_threshold)
+        mask0 = auto_foreground(fixed_t, data_cfg.mask_threshold, margin=data_cfg.mask_margin)
     else:
         mask0 = torch.ones(fixed_t.shape[-2:], dtype=torch.bool)
     masks = [mask0] + [downsample_mask(mask0, img.shape[-2:]) for img in fixed_pyr[1:]]
     # A level whose mask vanished when shrunk keeps all its pixels rather than none.
     masks = [m if int(m.sum()) >= _MIN_FOREGROUND_PIXELS else torch.ones_like(m) for m in masks]
+    weights = [sampling_weights(img, m, data_cfg.sampling) for img, m in zip(fixed_pyr, masks)]
+
+    moving_weights = None
+    if data_cfg.auto_mask:
+        moving_mask0 = auto_foreground(moving_t, data_cfg.mask_threshold, margin=data_cfg.mask_margin).float()
+        moving_weights = [moving_mask0] + [
+            torch.nn.functional.interpolate(moving_mask0[None, None], size=img.shape[-2:], mode="area")[0, 0]
+            for img in moving_pyr[1:]
+        ]
 
     scale = pair_scale(fixed_t.shape[-2:])
     init_coefficients = None
     if init == "moments":
+        # Moments compare the two foregrounds as they are (no margin), whatever mask the sampling uses.
+        fixed_small = auto_foreground(fixed_t, data_cfg.mask_threshold, max_side=256)
         moving_mask = auto_foreground(moving_t, data_cfg.mask_threshold, max_side=256)
-        h, w = mask0.shape
-        shrink = max(1, -(-max(h, w) // 256))  # ceil: moments need no more than ~256 px
-        fixed_small = downsample_mask(mask0, (max(1, h // shrink), max(1, w // shrink)))
         init_coefficients = moments_init(fixed_small, moving_mask, fixed_t.shape[-2:], moving_t.shape[-2:], scale, model)
-    return PreparedPair(fixed_name, moving_name, fixed_t, moving_t, fixed_pyr, moving_pyr, masks, scale,
-                        init_coefficients)
+    return PreparedPair(fixed_name, moving_name, fixed_t, moving_t, fixed_pyr, moving_pyr, weights, moving_weights,
+                        scale, init_coefficients)
