@@ -30,6 +30,7 @@ class DataConfig:
     levels: int = 6
     min_level_size: int = 32
     blur_sigma: float = 1.0
+    highpass_sigma: float = 0.0
     batch_size: int = 1024
 
 
@@ -158,6 +159,7 @@ def validate(cfg: DictConfig) -> None:
     need(d.levels >= 1, "data.levels", "must be at least 1")
     need(d.min_level_size >= 4, "data.min_level_size", "must be at least 4")
     need(d.batch_size >= 16, "data.batch_size", "must be at least 16")
+    need(d.highpass_sigma >= 0, "data.highpass_sigma", "must be >= 0 (0: off)")
     need(d.blur_sigma >= 0, "data.blur_sigma", "must be >= 0")
     need(-0.25 <= d.mask_margin <= 0.25, "data.mask_margin", "must be in [-0.25, 0.25]")
     need(0 <= d.mask_threshold < 1, "data.mask_threshold", "must be in [0, 1)")

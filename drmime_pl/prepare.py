@@ -102,8 +102,8 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
             raise ImageError(f"{name}: the compared channel(s) are constant (data.channels={data_cfg.channels!r})")
     levels = min(int(data_cfg.levels), max_levels(fixed_t.shape[-2:], data_cfg.min_level_size),
                  max_levels(moving_t.shape[-2:], data_cfg.min_level_size))
-    fixed_pyr = gaussian_pyramid(f_sel, levels, data_cfg.blur_sigma)
-    moving_pyr = gaussian_pyramid(m_sel, levels, data_cfg.blur_sigma)
+    fixed_pyr = gaussian_pyramid(f_sel, levels, data_cfg.blur_sigma, highpass_sigma=data_cfg.highpass_sigma)
+    moving_pyr = gaussian_pyramid(m_sel, levels, data_cfg.blur_sigma, highpass_sigma=data_cfg.highpass_sigma)
 
     if fixed_mask is not None:
         mask0 = load_mask(fixed_mask, fixed_t.shape[-2:], _name(fixed_mask, "fixed mask"))

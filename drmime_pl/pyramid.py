@@ -48,10 +48,13 @@ def min_max_normalise(image: torch.Tensor) -> torch.Tensor:
     return (image - lo) / (hi - lo) if float(hi - lo) > 0 else torch.zeros_like(image)
 
 
-def gaussian_pyramid(image: torch.Tensor, levels: int, sigma: float = 1.0, normalise: bool = True) -> List[torch.Tensor]:
+def gaussian_pyramid(image: torch.Tensor, levels: int, sigma: float = 1.0, normalise: bool = True,
+                     highpass_sigma: float = 0.0) -> List[torch.Tensor]:
     """Build ``levels`` images, finest first, each ``C x H_l x W_l`` with ``H_{l+1} = max(1, H_l // 2)``.
 
     Each level is min-max normalised to [0, 1] when ``normalise`` is set (as in the DRMIME notebooks).
+    With ``highpass_sigma > 0`` each level has its own Gaussian blur of that many level pixels subtracted first
+    (a band-pass pyramid): slow illumination changes, which differ between photographs, no longer steer MI.
     """
     out = [image]
     for _ in range(levels - 1):
@@ -60,6 +63,8 @@ def gaussian_pyramid(image: torch.Tensor, levels: int, sigma: float = 1.0, norma
         blurred = gaussian_blur(prev, sigma)
         size = (max(1, h // 2), max(1, w // 2))
         out.append(F.interpolate(blurred.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0])
+    if highpass_sigma > 0:
+        out = [x - gaussian_blur(x, highpass_sigma) for x in out]
     return [min_max_normalise(x) for x in out] if normalise else out
 
 
