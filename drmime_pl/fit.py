@@ -68,9 +68,9 @@ def check_checkpoint(path: str, identity: dict) -> None:
         )
 
 
-def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None):
+def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=()):
     """Register ``cfg.data.moving`` to ``cfg.data.fixed`` (or the given arrays/tensors) and return a
-    :class:`~drmime_pl.result.Registration`.
+    :class:`~drmime_pl.result.Registration`. ``callbacks``: extra Lightning callbacks for the Trainer.
 
     Writes, when ``cfg.logging.enabled``: TensorBoard events and ``checkpoints/last.ckpt`` under
     ``<logging.log_dir>/<logging.name>/version_N``; and the result files into ``output.dir`` (default: that version
@@ -119,7 +119,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None):
 
     logger, run_dir, ckpt_dir = False, None, None
     convergence = ConvergenceStopping(f.converge_every, f.converge_tol_px, f.converge_patience, f.min_steps)
-    callbacks = [convergence]
+    extra_callbacks, callbacks = list(callbacks), [convergence]
     if lg.enabled:
         logger = TensorBoardLogger(save_dir=lg.log_dir, name=lg.name, default_hp_metric=False)
         run_dir = Path(logger.log_dir)
@@ -131,7 +131,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None):
         if lg.image_every_n_steps > 0:
             callbacks.append(PreviewImages(pair.fixed_pyramid, lg.image_every_n_steps, lg.preview_size))
     guard, interrupt = NonFiniteGuard(ckpt_dir), GracefulInterrupt(ckpt_dir)
-    callbacks += [guard, interrupt]
+    callbacks += [guard, interrupt] + extra_callbacks
     if lg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
 

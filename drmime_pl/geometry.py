@@ -90,6 +90,55 @@ def matrix_from_coefficients(coefficients: torch.Tensor, basis: torch.Tensor) ->
     return torch.linalg.matrix_exp(generator)
 
 
+def _sqrtm(a: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+    """Principal square root by the Denman-Beavers iteration."""
+    y, z = a, torch.eye(a.shape[-1], dtype=a.dtype)
+    for _ in range(iterations):
+        y, z = 0.5 * (y + torch.linalg.inv(z)), 0.5 * (z + torch.linalg.inv(y))
+    return y
+
+
+def _logm(a: torch.Tensor) -> torch.Tensor:
+    """Principal matrix logarithm: square roots until near I, then the series of log(I + X)."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    roots = 0
+    while float(torch.linalg.matrix_norm(a - eye)) > 0.1 and roots < 30:
+        a, roots = _sqrtm(a), roots + 1
+    x = a - eye
+    term, out = eye, torch.zeros_like(a)
+    for n in range(1, 40):
+        term = term @ x
+        out = out + ((-1) ** (n + 1)) * term / n
+    return out * (2.0**roots)
+
+
+def coefficients_from_matrix(matrix: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Least-squares coefficients v with ``expm(sum v_i B_i) ~ matrix`` (up to a projective scale).
+
+    Uses the principal matrix logarithm (inverse scaling and squaring), so ``matrix`` must have no eigenvalue on
+    the closed negative real axis (true near the identity, e.g. rotations below 180 degrees).
+    The log is taken of ``matrix / det(matrix)^(1/3)`` and projected on the basis; for a matrix inside the
+    model's group this inverts :func:`matrix_from_coefficients`.
+
+    Args:
+        matrix: ``3 x 3`` in the normalised frame.
+        basis: ``K x 3 x 3``.
+
+    Returns:
+        ``K`` float64 coefficients.
+    """
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    det = torch.linalg.det(m)
+    if det <= 0:
+        raise ValueError("matrix has a non-positive determinant: it is not reachable by a matrix exponential")
+    m = m / det ** (1.0 / 3.0)
+    log_m = _logm(m)  # 3 x 3
+    # expm(log_m - c I) = expm(log_m) / e^c: remove the (2, 2) entry, which no generator has, as a scale.
+    log_m = log_m - log_m[2, 2] * torch.eye(3, dtype=torch.float64)
+    a = basis.to(torch.float64).reshape(basis.shape[0], 9).t()  # 9 x K
+    return torch.linalg.lstsq(a, log_m.reshape(9, 1)).solution.reshape(-1)
+
+
 def pair_scale(fixed_hw: Sequence[int]) -> float:
     """Pixels per normalised unit shared by both images of a pair: half the fixed image's long side."""
     return max(int(fixed_hw[0]), int(fixed_hw[1])) / 2.0

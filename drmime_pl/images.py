@@ -88,7 +88,7 @@ def to_image_tensor(image, name: str = "image", channels_first: bool | None = No
     is_tensor = isinstance(image, torch.Tensor)
     if channels_first is None:
         channels_first = is_tensor
-    t = image.detach().cpu() if is_tensor else torch.from_numpy(np.ascontiguousarray(np.asarray(image)))
+    t = image.detach().cpu() if is_tensor else torch.from_numpy(np.array(image, copy=True))
     if t.ndim == 2:
         t = t.unsqueeze(0)
     elif t.ndim == 3:

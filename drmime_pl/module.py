@@ -100,11 +100,14 @@ class DrmimeModule(pl.LightningModule):
         """Per-level DV MI estimates and the objective to maximise (``L`` each)."""
         fixed_norm, fixed, permutation = batch["fixed_norm"], batch["fixed"], batch["permutation"]
         levels, b = permutation.shape
-        matrices = self.moving_grid_trans_norm @ self.transform.level_matrices(levels)  # L x 3 x 3
-        moving_grid = transform_points(matrices, fixed_norm)  # L x B x 2
-        sampled = torch.stack(
-            [sample_at_grid(getattr(self, f"moving_{level}"), moving_grid[level]) for level in range(levels)]
-        ).to(fixed.dtype)  # L x B x (C [+ 1])
+        # Geometry and sampling stay in float32 under mixed precision: matrix_exp's gradient vanishes in bf16, and
+        # bf16 coordinates would be off by a sizeable fraction of a pixel. Only the MINE network runs in low precision.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            matrices = self.moving_grid_trans_norm @ self.transform.level_matrices(levels)  # L x 3 x 3
+            moving_grid = transform_points(matrices, fixed_norm.float())  # L x B x 2
+            sampled = torch.stack(
+                [sample_at_grid(getattr(self, f"moving_{level}"), moving_grid[level]) for level in range(levels)]
+            ).to(fixed.dtype)  # L x B x (C [+ 1])
         moving = sampled[..., : self.channels]  # L x B x C
         w_joint = w_marginal = None
         if self.weighted:

@@ -130,6 +130,10 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
         # Moments compare the two foregrounds as they are (no margin), whatever mask the sampling uses.
         fixed_small = auto_foreground(fixed_t, data_cfg.mask_threshold, max_side=256)
         moving_mask = auto_foreground(moving_t, data_cfg.mask_threshold, max_side=256)
-        init_coefficients = moments_init(fixed_small, moving_mask, fixed_t.shape[-2:], moving_t.shape[-2:], scale, model)
+        if bool(fixed_small.all()) or bool(moving_mask.all()):
+            init_coefficients = None  # no background in one image: its "foreground" says nothing; start at identity
+        else:
+            init_coefficients = moments_init(fixed_small, moving_mask, fixed_t.shape[-2:], moving_t.shape[-2:],
+                                             scale, model)
     return PreparedPair(fixed_name, moving_name, fixed_t, moving_t, fixed_pyr, moving_pyr, weights, moving_weights,
                         scale, init_coefficients)

@@ -89,7 +89,8 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
             view, which is the same in both images whatever their alignment.
 
     Returns:
-        ``H x W`` bool tensor. When it would keep less than 5% of the image, everything is foreground instead.
+        ``H x W`` bool tensor. Everything is foreground when less than 75% of the border has the background colour
+        (there is no background) or when the mask would keep less than 1% of the image.
     """
     c, h, w = image.shape
     factor = max(1, int(math.ceil(max(h, w) / max_side)))
@@ -97,8 +98,10 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
     small = gaussian_blur(small, 1.0)
     border = torch.cat([small[:, 0, :], small[:, -1, :], small[:, :, 0], small[:, :, -1]], dim=1)  # C x P
     background = border.median(dim=1).values.view(c, 1, 1)
+    # No background when the border is not mostly one colour (a textured image, a crop inside tissue).
+    border_is_background = float(((border - background.view(c, 1)).abs().amax(0) <= threshold).float().mean())
     fg_small = (small - background).abs().amax(0) > threshold
-    if float(fg_small.float().mean()) < 0.05:
+    if border_is_background < 0.75 or float(fg_small.float().mean()) < 0.01:
         return torch.ones(h, w, dtype=torch.bool)
     radius = int(round(abs(margin) * max(small.shape[-2:])))
     if radius > 0:
