@@ -220,9 +220,11 @@ def summary_markdown(rows: Sequence[dict], mode: str, title: str) -> str:
     else:
         head = ["group", "pairs", "failed", "median rTRE", "mean rTRE", "median TRE px"]
         head += [f"success rTRE <= {t:g}" for t in ANHIR_TABLE_RTRE]
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    rule = "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", rule]
     for row in rows:
-        cells = [f"**{row['group']}**" if row["group"] == "all" else row["group"], str(row["pairs"]), str(row["failed"])]
+        group = f"**{row['group']}**" if row["group"] == "all" else row["group"]
+        cells = [group, str(row["pairs"]), str(row["failed"])]
         if mode == "fire":
             cells += [_fmt(row["auc"], ".3f"), _fmt(row["auc_steps"], ".3f")]
             cells += [_pct(row["success"][t]) for t in FIRE_TABLE_PX]
@@ -333,7 +335,8 @@ def read_pairs_csv(path) -> List[Pair]:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             fields = [f.strip() for f in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+            # cells beyond the header come under the key None: ignored
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UsageError(f"{path}: unreadable pairs file ({exc})") from None
     missing = [c for c in REQUIRED_PAIR_COLUMNS if c not in fields]

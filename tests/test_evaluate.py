@@ -190,7 +190,8 @@ def test_failed_pairs_are_reported_and_the_others_scored(tmp_path, capsys):
         writer = csv.writer(fh)
         writer.writerow(["name", "fixed_image", "moving_image", "fixed_landmarks", "moving_landmarks", "modality"])
         for name, r in rows.items():
-            writer.writerow([name, r["fixed_image"], r["moving_image"], r["fixed_landmarks"], r["moving_landmarks"], "x"])
+            writer.writerow([name] + [r[k] for k in ("fixed_image", "moving_image", "fixed_landmarks",
+                                                     "moving_landmarks")] + ["x"])
     transforms = tmp_path / "transforms"
     for name in ("good", "no-landmarks", "missing-image"):
         write_transform(transforms, name, translation(3.0, 4.0), (600, 800))
