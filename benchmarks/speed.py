@@ -35,8 +35,10 @@ def pairs():
 
 
 def register(config, fixed, moving, extra=()):
-    cfg = load_config(str(ROOT / config) if config else None, ["logging.enabled=false", "logging.progress_bar=false",
-                                                               "model.transform=affine" if not config else "", *extra])
+    overrides = ["logging.enabled=false", "logging.progress_bar=false", *extra]
+    if not config:
+        overrides.append("model.transform=affine")
+    cfg = load_config(str(ROOT / config) if config else None, overrides)
     if fixed is None:
         fixed, moving = ROOT / cfg.data.fixed, ROOT / cfg.data.moving
     from drmime_pl.fit import fit
