@@ -14,7 +14,7 @@ from .images import ImageLike, load_image
 def register(
     fixed: ImageLike,
     moving: ImageLike,
-    transform: str = "perspective",
+    transform: Optional[str] = None,
     config: Optional[str] = None,
     overrides: Sequence[str] = (),
     fixed_mask: Optional[ImageLike] = None,
@@ -26,7 +26,8 @@ def register(
 
     Args:
         fixed, moving: image paths, numpy arrays (``H x W`` or ``H x W x C``) or tensors (``C x H x W``).
-        transform: ``translation``, ``rigid``, ``similarity``, ``affine`` or ``perspective``.
+        transform: ``translation``, ``rigid``, ``similarity``, ``affine`` or ``perspective``; None keeps the
+            config's ``model.transform`` (``perspective`` by default).
         config: optional YAML config file (the keys of ``configs/default.yaml``).
         overrides: ``section.key=value`` strings, as on the command line.
         fixed_mask: optional mask (path or array, non-zero = use) of the fixed image's size.
@@ -40,7 +41,7 @@ def register(
     Raises:
         drmime_pl.errors.DrmimeError subclasses (ImageError, ConfigError, ...) for unusable input.
     """
-    items = [f"model.transform={transform}"]
+    items = [f"model.transform={transform}"] if transform else []
     if not log:
         items += ["logging.enabled=false", "logging.progress_bar=false"]
     if output_dir is not None:

@@ -78,22 +78,28 @@ def _save_last(trainer: pl.Trainer, ckpt_dir: Optional[Path]) -> Optional[Path]:
 
 
 class NonFiniteGuard(pl.Callback):
-    """Stops with :class:`RegistrationError` when the loss turns NaN or infinite.
+    """Stops with :class:`RegistrationError` when the loss or the parameters turn NaN or infinite.
 
-    :meth:`DrmimeModule.training_step` skips the optimiser step for such a loss (returns None), so the parameters
-    still hold the last good transform; this callback saves them to ``last.ckpt`` and raises.
+    After every good step it keeps a copy of the module's parameters (a few thousand numbers); on a bad step it
+    puts that copy back, saves it to ``last.ckpt`` and raises, so no NaN transform is ever kept or written.
     """
 
     def __init__(self, ckpt_dir: Optional[Path]):
         self.ckpt_dir = ckpt_dir
+        self.last_good = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if outputs is not None:
+        finite = not getattr(pl_module, "nonfinite_step", False) and all(
+            bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+        if finite:
+            self.last_good = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
             return
+        if self.last_good is not None:
+            pl_module.load_state_dict(self.last_good, strict=False)
         saved = _save_last(trainer, self.ckpt_dir)
         where = f"; the last good transform is in {saved}" if saved else ""
         raise RegistrationError(
-            f"loss became NaN or infinite at step {trainer.global_step + 1}; stopped{where}. "
+            f"loss became NaN or infinite at step {trainer.global_step}; stopped{where}. "
             f"Lower the learning rates (optim.*) or check the images"
         )
 

@@ -33,7 +33,7 @@ def _quiet_lightning() -> None:
     # An endless in-memory sampler needs no workers and no validation; these notices would only confuse users.
     for pattern in (".*does not have many workers.*", ".*IterableDataset.*", ".*is not a `CombinedLoader`.*",
                     ".*You are using `torch.load` with `weights_only=False`.*", ".*Checkpoint directory.*exists.*",
-                    ".*LeafSpec.*", ".*isinstance.*treespec.*"):
+                    ".*LeafSpec.*", ".*isinstance.*treespec.*", ".*`training_step` returned `None`.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric",
                  "pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed"):
@@ -81,6 +81,8 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.loggers import TensorBoardLogger
 
+    from .checkpoint_io import AtomicCheckpointIO
+    from .checks import degeneracy
     from .callbacks import ConvergenceStopping, GracefulInterrupt, NonFiniteGuard, PreviewImages
     from .datamodule import PixelBatchSampler, PyramidDataModule
     from .mine import MineNetwork
@@ -136,6 +138,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
         callbacks.append(TQDMProgressBar(refresh_rate=10))
 
     trainer = pl.Trainer(
+        plugins=[AtomicCheckpointIO()],
         accelerator="gpu" if f.accelerator == "cuda" else f.accelerator, devices=f.devices,
         precision=f.precision if f.precision.endswith("mixed") else int(f.precision),
         max_steps=f.max_steps, max_epochs=-1, logger=logger, callbacks=callbacks,
@@ -153,13 +156,17 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
             f"interrupted at step {trainer.global_step}; checkpoint saved to {where}; resume with "
             f"fit.ckpt_path={where}"
         )
-    matrix = module.pixel_matrix()
-    if not torch.isfinite(matrix).all():
-        raise RegistrationError("the transform became NaN or infinite; no result written")
     last_ckpt = None
     if ckpt_dir is not None:
         last_ckpt = ckpt_dir / "last.ckpt"
         trainer.save_checkpoint(str(last_ckpt))
+    matrix = module.pixel_matrix()
+    problem = degeneracy(matrix, pair.fixed_hw, pair.moving_hw)
+    if problem:
+        raise RegistrationError(
+            f"registration failed after {trainer.global_step} steps: {problem}; no result written. Try another "
+            f"model.init, lower learning rates (optim.*), or a simpler model.transform"
+        )
 
     result = Registration(
         matrix=matrix.numpy(), matrix_normalised=module.normalised_matrix().numpy(),
@@ -173,8 +180,11 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     out_dir = Path(cfg.output.dir) if cfg.output.dir else run_dir
     if out_dir is not None:
         result.output_dir = str(out_dir)
-        write_outputs(result, pair.fixed, pair.moving, out_dir, OmegaConf.to_yaml(cfg),
-                      warped=cfg.output.warped, overlay=cfg.output.overlay)
+        try:
+            write_outputs(result, pair.fixed, pair.moving, out_dir, OmegaConf.to_yaml(cfg),
+                          warped=cfg.output.warped, overlay=cfg.output.overlay)
+        except OSError as exc:
+            raise DrmimeError(f"output.dir {out_dir}: cannot write the results ({exc.strerror or exc})") from None
     return result
 
 
@@ -198,6 +208,9 @@ def main(argv=None) -> int:
         result = fit(cfg)
     except RegistrationInterrupted as exc:
         print(f"drmime_pl: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("drmime_pl: interrupted before training started; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except DrmimeError as exc:
         if debug:

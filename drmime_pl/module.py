@@ -90,6 +90,7 @@ class DrmimeModule(pl.LightningModule):
         self.register_buffer("log_ma", torch.zeros(self.levels))
         self.register_buffer("ma_initialised", torch.tensor(False))
         self.register_buffer("mi_ema", torch.zeros(self.levels))
+        self.nonfinite_step = False
 
     def moving_pyramid(self) -> List[torch.Tensor]:
         """The moving levels, ``C x H_l x W_l`` (without the weight channel)."""
@@ -130,7 +131,8 @@ class DrmimeModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         mi, objective = self.mutual_information(batch)
         loss = -objective.mean()
-        if not torch.isfinite(loss):
+        self.nonfinite_step = not bool(torch.isfinite(loss))
+        if self.nonfinite_step:
             return None  # no optimiser step: the parameters keep the last good transform (NonFiniteGuard stops)
         with torch.no_grad():
             self.mi_ema.copy_(torch.where(self.mi_ema == 0, mi.detach(), 0.95 * self.mi_ema + 0.05 * mi.detach()))
