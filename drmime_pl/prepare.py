@@ -128,8 +128,8 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
     init_coefficients = None
     if init == "moments":
         # Moments compare the two foregrounds as they are (no margin), whatever mask the sampling uses.
-        fixed_small = auto_foreground(fixed_t, data_cfg.mask_threshold, max_side=256)
-        moving_mask = auto_foreground(moving_t, data_cfg.mask_threshold, max_side=256)
+        fixed_small = auto_foreground(fixed_t, data_cfg.mask_threshold, max_side=256, full_size=False)
+        moving_mask = auto_foreground(moving_t, data_cfg.mask_threshold, max_side=256, full_size=False)
         if bool(fixed_small.all()) or bool(moving_mask.all()):
             init_coefficients = None  # no background in one image: its "foreground" says nothing; start at identity
         else:

@@ -74,7 +74,8 @@ def downsample_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return m >= 0.5
 
 
-def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int = 512, margin: float = 0.0) -> torch.Tensor:
+def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int = 512, margin: float = 0.0,
+                    full_size: bool = True) -> torch.Tensor:
     """Foreground mask: pixels that differ from the background colour seen along the image border.
 
     Fundus photographs have a black border around the field of view and histology slides white glass around the
@@ -87,6 +88,8 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
         margin: grow (> 0) or shrink (< 0) the mask by this fraction of the image's long side. Growing keeps the
             outline of tissue, a strong shared cue between stains; shrinking drops the rim of a camera's field of
             view, which is the same in both images whatever their alignment.
+
+        full_size: return the mask at the image's size (else at the reduced size it was computed at).
 
     Returns:
         ``H x W`` bool tensor. Everything is foreground when less than 75% of the border has the background colour
@@ -102,10 +105,11 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
     border_is_background = float(((border - background.view(c, 1)).abs().amax(0) <= threshold).float().mean())
     fg_small = (small - background).abs().amax(0) > threshold
     if border_is_background < 0.75 or float(fg_small.float().mean()) < 0.01:
-        return torch.ones(h, w, dtype=torch.bool)
+        return torch.ones((h, w) if full_size else fg_small.shape, dtype=torch.bool)
     radius = int(round(abs(margin) * max(small.shape[-2:])))
     if radius > 0:
         pool = lambda m: F.max_pool2d(m[None, None].float(), 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0.5  # noqa: E731
         fg_small = pool(fg_small) if margin > 0 else ~pool(~fg_small)
-    fg = F.interpolate(fg_small[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
-    return fg
+    if not full_size:
+        return fg_small
+    return F.interpolate(fg_small[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
