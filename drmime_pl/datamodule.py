@@ -68,11 +68,16 @@ class PixelBatchSampler:
         self.seed = int(seed)
         self.levels = len(fixed_pyramid)
         self.flat = [img.reshape(img.shape[0], -1).t().contiguous() for img in fixed_pyramid]  # L x (HW x C)
-        # Inverse-CDF sampling: O(B log N) per level and step, whatever the image size.
-        self.cdfs = []
+        # Per level: binary weights -> the list of allowed flat indices (uniform draw, O(B));
+        # graded weights -> their CDF (inverse-CDF draw, O(B log N)). Either way independent of the image size.
+        self.tables = []
         for w in weights:
-            cdf = torch.cumsum(w.reshape(-1).double(), 0)
-            self.cdfs.append(cdf / cdf[-1])
+            flat_w = w.reshape(-1)
+            if bool(((flat_w == 0) | (flat_w == flat_w.max())).all()):
+                self.tables.append(("uniform", flat_w.nonzero().squeeze(1)))
+            else:
+                cdf = torch.cumsum(flat_w.double(), 0)
+                self.tables.append(("cdf", cdf / cdf[-1]))
         fixed_norm_trans_grid = torch.linalg.inv(grid_trans_norm(fixed_hw, scale)).float()  # 3 x 3, diagonal
         # Per level: pixel (col, row) -> normalised, as a scale and an offset per axis.
         self.to_norm = []
@@ -86,9 +91,12 @@ class PixelBatchSampler:
     def batch(self, step: int) -> Dict[str, torch.Tensor]:
         g = _step_generator(self.seed, step)
         norms, values, perms = [], [], []
-        for flat, cdf, (w, scale_xy, offset_xy) in zip(self.flat, self.cdfs, self.to_norm):
-            u = torch.rand(self.batch_size, generator=g, dtype=torch.float64)
-            pick = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)  # B flat indices
+        for flat, (kind, table), (w, scale_xy, offset_xy) in zip(self.flat, self.tables, self.to_norm):
+            if kind == "uniform":
+                pick = table[torch.randint(table.numel(), (self.batch_size,), generator=g)]  # B flat indices
+            else:
+                u = torch.rand(self.batch_size, generator=g, dtype=torch.float64)
+                pick = torch.searchsorted(table, u, right=True).clamp_(max=table.numel() - 1)
             xy = torch.stack([pick % w, torch.div(pick, w, rounding_mode="floor")], -1).float()  # B x 2 pixels
             norms.append(xy * scale_xy + offset_xy)
             values.append(flat[pick])

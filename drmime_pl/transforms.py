@@ -38,5 +38,6 @@ class MatrixExpTransform(nn.Module):
 
     def level_matrices(self, levels: int) -> torch.Tensor:
         """``L x 3 x 3``: level 0 gets shared + fine coefficients, levels 1.. the shared ones."""
-        v = torch.stack([self.shared + self.fine] + [self.shared] * (levels - 1)).float()  # L x K
-        return matrix_from_coefficients(v, self.basis)
+        finest_and_shared = matrix_from_coefficients(torch.stack([self.shared + self.fine, self.shared]).float(),
+                                                     self.basis)  # 2 x 3 x 3: one exponential per distinct vector
+        return torch.cat([finest_and_shared[:1], finest_and_shared[1:].expand(levels - 1, 3, 3)])

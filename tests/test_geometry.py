@@ -144,3 +144,16 @@ def test_warp_rotation_matches_numpy_rot90_and_output_size():
     out = warp_image(img, m, (16, 16))
     assert np.allclose(out[0].numpy(), np.rot90(img[0].numpy()), atol=1e-9)
     assert warp_image(torch.rand(3, 20, 30), torch.eye(3), (11, 7)).shape == (3, 11, 7)
+
+
+def test_level_matrices_fine_only_on_level0():
+    from drmime_pl.transforms import MatrixExpTransform
+
+    t = MatrixExpTransform("affine")
+    with torch.no_grad():
+        t.shared.copy_(torch.tensor([0.1, 0.0, 0.2, 0.0, 0.0, 0.0]))
+        t.fine.copy_(torch.tensor([0.0, 0.05, 0.0, 0.0, 0.0, 0.0]))
+    m = t.level_matrices(4)
+    assert m.shape == (4, 3, 3)
+    assert torch.allclose(m[0], t(finest=True)) and torch.allclose(m[1], t(finest=False))
+    assert torch.allclose(m[3], m[1]) and not torch.allclose(m[0], m[1])
