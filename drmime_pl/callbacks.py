@@ -19,39 +19,43 @@ from .render import checkerboard, colour_overlay
 class ConvergenceStopping(pl.Callback):
     """Stops when the transform has converged.
 
-    After every step the fixed image's four corners are mapped into the moving image (full-resolution pixels). Every
-    ``every`` steps the mean corner positions of that window are compared with the previous window's: when they
-    moved less than ``tol_px``, ``patience`` windows in a row, and at least ``min_steps`` steps ran, training stops.
-    Window means, not single steps, because Adam keeps the coefficients jittering around the optimum.
+    The coefficients are averaged over windows of ``every`` steps; at the end of each window the fixed image's four
+    corners are mapped into the moving image (full-resolution pixels) with the window's mean coefficients and
+    compared with the previous window's. When they moved less than ``tol_px``, ``patience`` windows in a row, and at
+    least ``min_steps`` steps ran, training stops. Window means, not single steps, because Adam keeps the
+    coefficients jittering around the optimum; averaging coefficients costs one small addition per step.
     The state is saved in checkpoints (Lightning runs ModelCheckpoint after every other callback, so a checkpoint
     at step k holds the state after step k).
     """
 
     def __init__(self, every: int, tol_px: float, patience: int, min_steps: int):
         self.every, self.tol_px, self.patience, self.min_steps = int(every), float(tol_px), int(patience), int(min_steps)
-        self.window_sum = torch.zeros(4, 2, dtype=torch.float64)
-        self.last_mean: Optional[torch.Tensor] = None
+        self.window_sum: Optional[torch.Tensor] = None  # 2 x K: sums of shared and fine coefficients
+        self.last_mean: Optional[torch.Tensor] = None  # 4 x 2 corners of the previous window's mean
         self.still_checks = 0
         self.converged = False
         self.last_motion_px = float("nan")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.every <= 0 or outputs is None:
+        if self.every <= 0 or getattr(pl_module, "nonfinite_step", False):
             return
-        corners = transform_points(pl_module.pixel_matrix(), image_corners(pl_module.fixed_hw))  # 4 x 2
-        if not torch.isfinite(corners).all():
-            return
-        self.window_sum += corners
+        t = pl_module.transform
+        coefficients = torch.stack([t.shared.detach(), t.fine.detach()]).double().cpu()
+        self.window_sum = coefficients if self.window_sum is None else self.window_sum + coefficients
         step = trainer.global_step  # steps done
         if step % self.every:
             return
-        mean = self.window_sum / self.every
-        self.window_sum = torch.zeros_like(self.window_sum)
+        mean_shared, mean_fine = self.window_sum / self.every
+        self.window_sum = None
+        matrix = pl_module.pixel_matrix_of(mean_shared + mean_fine)
+        corners = transform_points(matrix, image_corners(pl_module.fixed_hw))  # 4 x 2
+        if not torch.isfinite(corners).all():
+            return
         if self.last_mean is not None:
-            self.last_motion_px = float((mean - self.last_mean).norm(dim=-1).max())
+            self.last_motion_px = float((corners - self.last_mean).norm(dim=-1).max())
             self.still_checks = self.still_checks + 1 if self.last_motion_px < self.tol_px else 0
             pl_module.log("train/corner_motion_px", self.last_motion_px, on_step=True, batch_size=1)
-        self.last_mean = mean
+        self.last_mean = corners
         if step >= self.min_steps and self.still_checks >= self.patience:
             self.converged = True
             trainer.should_stop = True
@@ -78,10 +82,10 @@ def _save_last(trainer: pl.Trainer, ckpt_dir: Optional[Path]) -> Optional[Path]:
 
 
 class NonFiniteGuard(pl.Callback):
-    """Stops with :class:`RegistrationError` when the loss or the parameters turn NaN or infinite.
+    """Stops with :class:`RegistrationError` when the loss or the transform turns NaN or infinite.
 
-    After every good step it keeps a copy of the module's parameters (a few thousand numbers); on a bad step it
-    puts that copy back, saves it to ``last.ckpt`` and raises, so no NaN transform is ever kept or written.
+    After every good step it keeps a copy of the transform's coefficients (a few numbers); on a bad step it puts
+    them back, saves ``last.ckpt`` and raises, so no NaN transform is ever kept or written.
     """
 
     def __init__(self, ckpt_dir: Optional[Path]):
@@ -89,13 +93,16 @@ class NonFiniteGuard(pl.Callback):
         self.last_good = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        finite = not getattr(pl_module, "nonfinite_step", False) and all(
-            bool(torch.isfinite(p).all()) for p in pl_module.parameters())
+        t = pl_module.transform
+        finite = not getattr(pl_module, "nonfinite_step", False) and bool(
+            torch.isfinite(t.shared).all() & torch.isfinite(t.fine).all())
         if finite:
-            self.last_good = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            self.last_good = (t.shared.detach().clone(), t.fine.detach().clone())
             return
         if self.last_good is not None:
-            pl_module.load_state_dict(self.last_good, strict=False)
+            with torch.no_grad():
+                t.shared.copy_(self.last_good[0])
+                t.fine.copy_(self.last_good[1])
         saved = _save_last(trainer, self.ckpt_dir)
         where = f"; the last good transform is in {saved}" if saved else ""
         raise RegistrationError(

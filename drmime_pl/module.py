@@ -9,6 +9,7 @@ import torch
 
 from .geometry import (
     grid_trans_norm,
+    matrix_from_coefficients,
     pixel_matrix_from_normalised,
     sample_at_grid,
     transform_points,
@@ -159,6 +160,12 @@ class DrmimeModule(pl.LightningModule):
     def pixel_matrix(self) -> torch.Tensor:
         """``moving_pix_trans_fixed_pix`` (full resolution), float64 ``3 x 3``."""
         return pixel_matrix_from_normalised(self.normalised_matrix(), self.fixed_hw, self.moving_hw, self.scale)
+
+    @torch.no_grad()
+    def pixel_matrix_of(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """``moving_pix_trans_fixed_pix`` for given (finest-level) coefficients, float64 ``3 x 3``."""
+        h = matrix_from_coefficients(coefficients.double().cpu(), self.transform.basis.double().cpu())
+        return pixel_matrix_from_normalised(h, self.fixed_hw, self.moving_hw, self.scale)
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self):
