@@ -178,7 +178,8 @@ def validate(cfg: DictConfig) -> None:
     need(f.converge_every >= 0, "fit.converge_every", "must be >= 0 (0 disables the stopping rule)")
     need(f.converge_tol_px > 0, "fit.converge_tol_px", "must be > 0")
     need(f.converge_patience >= 1, "fit.converge_patience", "must be at least 1")
-    need(f.devices >= 1, "fit.devices", "must be at least 1")
+    need(f.devices == 1, "fit.devices", "must be 1: a registration runs on one device (run pairs in parallel "
+                                        "processes to use more)")
     need(f.threads >= 0, "fit.threads", "must be >= 0 (0 keeps torch's default)")
     need(f.precision in PRECISIONS, "fit.precision", f"must be one of {', '.join(PRECISIONS)}")
     need(f.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "fit.accelerator", "must be cpu, gpu, cuda, mps or auto")

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import load_config
-from .errors import CheckpointError, DrmimeError, RegistrationError
+from .errors import CheckpointError, ConfigError, DrmimeError, RegistrationError
 
 EXIT_USAGE = 2  # bad input: files, config, checkpoint
 EXIT_FAILED = 1  # the registration itself failed (diverged, degenerate)
@@ -81,7 +81,6 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from .checkpoint_io import AtomicCheckpointIO
     from .checks import degeneracy
     from .callbacks import ConvergenceStopping, GracefulInterrupt, NonFiniteGuard, PreviewImages
     from .datamodule import PixelBatchSampler, PyramidDataModule
@@ -137,15 +136,11 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     if lg.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
 
-    trainer = pl.Trainer(
-        plugins=[AtomicCheckpointIO()],
-        accelerator="gpu" if f.accelerator == "cuda" else f.accelerator, devices=f.devices,
-        precision=f.precision if f.precision.endswith("mixed") else int(f.precision),
-        max_steps=f.max_steps, max_epochs=-1, logger=logger, callbacks=callbacks,
-        enable_checkpointing=bool(lg.enabled), enable_progress_bar=bool(lg.progress_bar),
-        enable_model_summary=False, log_every_n_steps=lg.every_n_steps, num_sanity_val_steps=0,
-        limit_val_batches=0, default_root_dir=lg.log_dir,
-    )
+    try:
+        trainer = _make_trainer(cfg, logger, callbacks)
+    except Exception as exc:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
+        raise ConfigError(f"fit.accelerator={f.accelerator!r}, fit.precision={f.precision!r}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=f.ckpt_path or None)
     seconds = time.perf_counter() - start
@@ -186,6 +181,23 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
         except OSError as exc:
             raise DrmimeError(f"output.dir {out_dir}: cannot write the results ({exc.strerror or exc})") from None
     return result
+
+
+def _make_trainer(cfg: DictConfig, logger, callbacks):
+    import pytorch_lightning as pl
+
+    from .checkpoint_io import AtomicCheckpointIO
+
+    f, lg = cfg.fit, cfg.logging
+    return pl.Trainer(
+        plugins=[AtomicCheckpointIO()],
+        accelerator="gpu" if f.accelerator == "cuda" else f.accelerator, devices=f.devices,
+        precision=f.precision if f.precision.endswith("mixed") else int(f.precision),
+        max_steps=f.max_steps, max_epochs=-1, logger=logger, callbacks=callbacks,
+        enable_checkpointing=bool(lg.enabled), enable_progress_bar=bool(lg.progress_bar),
+        enable_model_summary=False, log_every_n_steps=lg.every_n_steps, num_sanity_val_steps=0,
+        limit_val_batches=0, default_root_dir=lg.log_dir,
+    )
 
 
 def parse_args(argv=None):

@@ -35,5 +35,7 @@ def test_overrides_and_errors():
         load_config(None, ["optim.lr_shared=-1"])
     with pytest.raises(ConfigError, match="model.transform"):
         load_config(None, ["model.transform=elastic"])
+    with pytest.raises(ConfigError, match="fit.devices"):
+        load_config(None, ["fit.devices=2"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("no/such/file.yaml")

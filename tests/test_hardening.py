@@ -295,3 +295,11 @@ def test_same_inputs_same_matrix_and_versions_recorded(files, tmp_path):
     assert runs[0]["seed"] == 0
     assert set(runs[0]["versions"]) >= {"drmime_pl", "torch", "pytorch_lightning"}
     assert runs[0]["versions"]["torch"] == torch.__version__
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_requested_without_gpu_is_a_config_error(files, tmp_path):
+    with pytest.raises(ConfigError, match="fit.accelerator='gpu'"):
+        drmime_pl.register(str(files["fixed"]), str(files["moving"]), overrides=QUICK + ["fit.accelerator=gpu"])
+    proc = cli(base_args(files, tmp_path) + ["fit.accelerator=gpu"], cwd=tmp_path)
+    assert proc.returncode == 2 and "fit.accelerator" in proc.stderr and "Traceback" not in proc.stderr
