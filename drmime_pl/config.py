@@ -37,7 +37,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     transform: str = "perspective"
-    init: str = "moments"
+    init: str = "search"
     mine_hidden: List[int] = field(default_factory=lambda: [32, 32])
     bias_correction: bool = False
     ma_rate: float = 0.01
@@ -165,7 +165,7 @@ def validate(cfg: DictConfig) -> None:
     need(0 <= d.mask_threshold < 1, "data.mask_threshold", "must be in [0, 1)")
     need(d.channels in ("auto", "gray", "rgb", "0", "1", "2"), "data.channels", "must be auto, gray, rgb, 0, 1 or 2")
     need(m.transform in TRANSFORM_DOFS, "model.transform", f"must be one of {', '.join(TRANSFORM_DOFS)}")
-    need(m.init in ("identity", "moments"), "model.init", "must be identity or moments")
+    need(m.init in ("identity", "moments", "search"), "model.init", "must be identity, moments or search")
     need(len(m.mine_hidden) >= 1 and all(h >= 1 for h in m.mine_hidden), "model.mine_hidden",
          "must list at least one positive layer width")
     need(0 < m.ma_rate < 1, "model.ma_rate", "must be in (0, 1)")

@@ -10,7 +10,8 @@ import torch
 from .errors import ImageError
 from .geometry import pair_scale
 from .images import ImageLike, load_image, select_channels
-from .init import moments_init
+from .geometry import TRANSFORM_DOFS
+from .init import candidate_matrices, mask_moments, moments_init, search_init
 from .datamodule import sampling_weights
 from .pyramid import auto_foreground, downsample_mask, gaussian_pyramid, max_levels
 
@@ -76,6 +77,21 @@ def load_mask(mask: ImageLike, fixed_hw, name: str) -> torch.Tensor:
     return m
 
 
+def _search(moments, fixed_small, fixed_pyr, masks, moving_pyr, moving_weights, fixed_hw, moving_hw, scale, model):
+    """Best of identity / moments / rotated moments by NMI on the finest level no larger than ~96 px."""
+    from .geometry import coefficients_from_matrix, generator_basis
+
+    pick = next((i for i, img in enumerate(fixed_pyr) if max(img.shape[-2:]) <= 96), len(fixed_pyr) - 1)
+    pick_m = min(pick, len(moving_pyr) - 1)
+    centroid = mask_moments(fixed_small, fixed_hw, scale)[0] if not bool(fixed_small.all()) else torch.zeros(2)
+    candidates = candidate_matrices(moments, centroid, model)
+    best, _ = search_init(candidates, fixed_pyr[pick], masks[pick], moving_pyr[pick_m],
+                          None if moving_weights is None else moving_weights[pick_m], fixed_hw, moving_hw, scale)
+    if best == 1:
+        return moments.float()
+    return coefficients_from_matrix(candidates[best], generator_basis(model).double()).float()
+
+
 def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "moments", model: str = "perspective",
                  fixed_mask: Optional[ImageLike] = None) -> PreparedPair:
     """Load, check and preprocess a pair.
@@ -117,7 +133,7 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
     weights = [sampling_weights(img, m, data_cfg.sampling) for img, m in zip(fixed_pyr, masks)]
 
     moving_weights = None
-    if data_cfg.auto_mask:
+    if data_cfg.auto_mask:  # (computed before the initial transform, which scores candidates with it)
         moving_mask0 = auto_foreground(moving_t, data_cfg.mask_threshold, margin=data_cfg.mask_margin).float()
         moving_weights = [moving_mask0] + [
             torch.nn.functional.interpolate(moving_mask0[None, None], size=img.shape[-2:], mode="area")[0, 0]
@@ -126,14 +142,18 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
 
     scale = pair_scale(fixed_t.shape[-2:])
     init_coefficients = None
-    if init == "moments":
+    if init in ("moments", "search"):
         # Moments compare the two foregrounds as they are (no margin), whatever mask the sampling uses.
         fixed_small = auto_foreground(fixed_t, data_cfg.mask_threshold, max_side=256, full_size=False)
         moving_mask = auto_foreground(moving_t, data_cfg.mask_threshold, max_side=256, full_size=False)
-        if bool(fixed_small.all()) or bool(moving_mask.all()):
-            init_coefficients = None  # no background in one image: its "foreground" says nothing; start at identity
+        no_background = bool(fixed_small.all()) or bool(moving_mask.all())
+        if no_background:  # the "foreground" says nothing: moments start from identity
+            init_coefficients = torch.zeros(TRANSFORM_DOFS[model])
         else:
             init_coefficients = moments_init(fixed_small, moving_mask, fixed_t.shape[-2:], moving_t.shape[-2:],
                                              scale, model)
+        if init == "search":
+            init_coefficients = _search(init_coefficients, fixed_small, fixed_pyr, masks, moving_pyr, moving_weights,
+                                        fixed_t.shape[-2:], moving_t.shape[-2:], scale, model)
     return PreparedPair(fixed_name, moving_name, fixed_t, moving_t, fixed_pyr, moving_pyr, weights, moving_weights,
                         scale, init_coefficients)

@@ -74,12 +74,31 @@ def downsample_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return m >= 0.5
 
 
+def _connected_to_border(candidates: torch.Tensor) -> torch.Tensor:
+    """The pixels of an ``h x w`` bool mask that are 8-connected to the image border through the mask.
+
+    Geodesic reconstruction: grow the border seeds by 3x3 max-pooling, restricted to ``candidates``, until stable.
+    """
+    seeds = torch.zeros_like(candidates)
+    seeds[0, :], seeds[-1, :], seeds[:, 0], seeds[:, -1] = True, True, True, True
+    region = (seeds & candidates).float()[None, None]
+    allowed = candidates.float()[None, None]
+    for _ in range(4 * sum(candidates.shape)):  # a path can wind, but not longer than this in practice
+        previous = region
+        for _ in range(8):  # check for convergence every 8 growth steps
+            region = F.max_pool2d(region, 3, stride=1, padding=1) * allowed
+        if torch.equal(region, previous):
+            break
+    return region[0, 0] > 0.5
+
+
 def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int = 512, margin: float = 0.0,
                     full_size: bool = True) -> torch.Tensor:
-    """Foreground mask: pixels that differ from the background colour seen along the image border.
+    """Foreground mask: everything but the background, the region of the border's colour connected to the border.
 
     Fundus photographs have a black border around the field of view and histology slides white glass around the
-    tissue; both are the dominant colour of the border. The mask is computed on a copy at most ``max_side`` pixels
+    tissue; both are the dominant colour of the border. Pixels of that colour *inside* the object (a dark vessel in
+    a retina, tissue that an intensity remap took to the glass's value) stay foreground. The mask is computed on a copy at most ``max_side`` pixels
     wide (blurred), so its cost does not grow with the image, and returned at full size.
 
     Args:
@@ -103,7 +122,7 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
     background = border.median(dim=1).values.view(c, 1, 1)
     # No background when the border is not mostly one colour (a textured image, a crop inside tissue).
     border_is_background = float(((border - background.view(c, 1)).abs().amax(0) <= threshold).float().mean())
-    fg_small = (small - background).abs().amax(0) > threshold
+    fg_small = ~_connected_to_border((small - background).abs().amax(0) <= threshold)
     if border_is_background < 0.75 or float(fg_small.float().mean()) < 0.01:
         return torch.ones((h, w) if full_size else fg_small.shape, dtype=torch.bool)
     radius = int(round(abs(margin) * max(small.shape[-2:])))

@@ -1,4 +1,6 @@
-"""Moment-based initialisation from foreground masks."""
+"""Initialisation: moments of the foreground masks and the NMI candidate search."""
+import math
+
 import torch
 
 from drmime_pl.config import load_config
@@ -29,10 +31,30 @@ def test_moments_init_maps_centroid_and_scale():
     assert abs(float(pix[0, 0]) - 0.5) < 0.05
 
 
-def test_moments_init_skipped_without_background():
+def test_moments_init_is_identity_without_background():
     cfg = load_config(None, [])
     pair = prepare_pair(textured_image(128), textured_image(128, seed=1), cfg.data, init="moments", model="affine")
-    assert pair.init is None
+    assert torch.equal(pair.init, torch.zeros(6))
+
+
+def test_search_init_finds_a_rotation_that_moments_miss():
+    # A textured square rotated by 30 degrees inside a white frame: moments see the same centroid and area, so only
+    # the NMI search can find the rotation.
+    from drmime_pl.geometry import warp_image
+
+    tex = textured_image(96, seed=2)
+    fixed = torch.ones(1, 192, 192)
+    fixed[:, 48:144, 48:144] = tex
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    centre = 95.5
+    rot = torch.tensor([[c, -s, centre - c * centre + s * centre], [s, c, centre - s * centre - c * centre], [0, 0, 1]],
+                       dtype=torch.float64)
+    moving = 1.0 - warp_image(1.0 - fixed, torch.linalg.inv(rot), (192, 192))  # moving(rot p) = fixed(p)
+    cfg = load_config(None, ["data.mask_margin=0"])
+    for init, expect_rotation in (("moments", False), ("search", True)):
+        pair = prepare_pair(fixed, moving, cfg.data, init=init, model="rigid")
+        angle = math.degrees(float(pair.init[2]))
+        assert (abs(angle - 30) < 1) == expect_rotation, (init, angle)
 
 
 def test_translation_model_gets_no_scale():
