@@ -13,31 +13,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .geometry import grid_trans_norm
-from .images import luminance
-
-
-def sampling_weights(image: torch.Tensor, mask: torch.Tensor, mode: str, edge_floor: float = 0.1) -> torch.Tensor:
-    """Per-pixel sampling weights of one fixed level.
-
-    Args:
-        image: ``C x H x W`` level.
-        mask: ``H x W`` bool.
-        mode: ``uniform`` (every pixel of the mask alike) or ``edges`` (proportional to the gradient magnitude plus
-            ``edge_floor`` times its mean: structure such as vessels is sampled often, flat areas still sometimes).
-
-    Returns:
-        ``H x W`` float weights, zero outside the mask.
-    """
-    if mode == "uniform":
-        return mask.float()
-    gray = luminance(image)[0]
-    gx = torch.zeros_like(gray)
-    gy = torch.zeros_like(gray)
-    gx[:, 1:-1] = gray[:, 2:] - gray[:, :-2]
-    gy[1:-1, :] = gray[2:, :] - gray[:-2, :]
-    magnitude = torch.sqrt(gx * gx + gy * gy) * mask
-    mean = magnitude.sum() / mask.sum().clamp_min(1)
-    return (magnitude + edge_floor * mean.clamp_min(1e-8)) * mask
+from .pyramid import sampling_weights  # noqa: F401  (re-exported: samplers and weights go together)
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:

@@ -77,20 +77,8 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     folder). Raises :class:`~drmime_pl.errors.DrmimeError` subclasses for bad input and failed runs; no
     ``transform.json`` is written then.
     """
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from .checks import degeneracy
-    from .callbacks import ConvergenceStopping, GracefulInterrupt, NonFiniteGuard, PreviewImages
-    from .datamodule import PixelBatchSampler, PyramidDataModule
-    from .mine import MineNetwork
-    from .module import DrmimeModule
     from .prepare import prepare_pair
-    from .result import Registration, library_versions, write_outputs
-    from .transforms import MatrixExpTransform
 
-    _quiet_lightning()
     d, m, o, f, lg = cfg.data, cfg.model, cfg.optim, cfg.fit, cfg.logging
     if f.threads > 0:
         torch.set_num_threads(int(f.threads))
@@ -105,6 +93,21 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
                 "fixed": pair.fixed_name, "moving": pair.moving_name}
     if f.ckpt_path:
         check_checkpoint(f.ckpt_path, identity)
+
+    # Lightning loads only once the inputs are known to be good: a bad input fails fast.
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from .callbacks import ConvergenceStopping, GracefulInterrupt, NonFiniteGuard, PreviewImages
+    from .checks import degeneracy
+    from .datamodule import PixelBatchSampler, PyramidDataModule
+    from .mine import MineNetwork
+    from .module import DrmimeModule
+    from .result import Registration, library_versions, write_outputs
+    from .transforms import MatrixExpTransform
+
+    _quiet_lightning()
 
     pl.seed_everything(int(f.seed), workers=False, verbose=False)
     mine = MineNetwork(2 * pair.channels, list(m.mine_hidden))

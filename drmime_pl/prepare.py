@@ -12,8 +12,7 @@ from .geometry import pair_scale
 from .images import ImageLike, load_image, select_channels
 from .geometry import TRANSFORM_DOFS
 from .init import candidate_matrices, mask_moments, moments_init, search_init
-from .datamodule import sampling_weights
-from .pyramid import auto_foreground, downsample_mask, gaussian_pyramid, max_levels
+from .pyramid import auto_foreground, downsample_mask, gaussian_pyramid, max_levels, sampling_weights
 
 _MIN_FOREGROUND_PIXELS = 16
 

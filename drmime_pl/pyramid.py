@@ -12,6 +12,8 @@ from typing import List, Sequence
 import torch
 import torch.nn.functional as F
 
+from .images import luminance
+
 
 def max_levels(hw: Sequence[int], min_size: int = 32) -> int:
     """Largest level count such that the coarsest level's short side keeps at least ``min_size`` pixels."""
@@ -132,3 +134,27 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
     if not full_size:
         return fg_small
     return F.interpolate(fg_small[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
+
+
+def sampling_weights(image: torch.Tensor, mask: torch.Tensor, mode: str, edge_floor: float = 0.1) -> torch.Tensor:
+    """Per-pixel sampling weights of one fixed level.
+
+    Args:
+        image: ``C x H x W`` level.
+        mask: ``H x W`` bool.
+        mode: ``uniform`` (every pixel of the mask alike) or ``edges`` (proportional to the gradient magnitude plus
+            ``edge_floor`` times its mean: structure such as vessels is sampled often, flat areas still sometimes).
+
+    Returns:
+        ``H x W`` float weights, zero outside the mask.
+    """
+    if mode == "uniform":
+        return mask.float()
+    gray = luminance(image)[0]
+    gx = torch.zeros_like(gray)
+    gy = torch.zeros_like(gray)
+    gx[:, 1:-1] = gray[:, 2:] - gray[:, :-2]
+    gy[1:-1, :] = gray[2:, :] - gray[:-2, :]
+    magnitude = torch.sqrt(gx * gx + gy * gy) * mask
+    mean = magnitude.sum() / mask.sum().clamp_min(1)
+    return (magnitude + edge_floor * mean.clamp_min(1e-8)) * mask
