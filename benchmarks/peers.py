@@ -47,22 +47,26 @@ def _probe_points(hw) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- SimpleITK
-#: The SimpleITK setting used in the benchmark (chosen by benchmarks/tune_sitk.py, see RESULTS.md).
-SITK_DEFAULT = dict(init="geometry", bins=32, sampling=0.2, shrink=(8, 4, 2, 1), sigmas=(4, 2, 1, 0),
-                    lr=1.0, iterations=300, optimizer="gd")
+#: The SimpleITK setting used in the benchmark (chosen by benchmarks/tune_peers.py, see RESULTS.md).
+SITK_DEFAULT = dict(init="geometry", bins=32, sampling=0.25, shrink=(4, 2, 1), sigmas=(2, 1, 0), lr=1.0,
+                    iterations=300, optimizer="gd", estimate="each", conv_min=1e-8, conv_window=30)
 
 
 def register_sitk(fixed: np.ndarray, moving: np.ndarray, init: str = "geometry", bins: int = 32,
                   sampling: float = 0.2, shrink=(8, 4, 2, 1), sigmas=(4, 2, 1, 0), lr: float = 1.0,
-                  iterations: int = 300, optimizer: str = "gd", seed: int = 0) -> np.ndarray:
+                  iterations: int = 300, optimizer: str = "gd", estimate: str = "once", conv_min: float = 1e-6, conv_window: int = 10,
+                  min_step: float = 1e-4, strategy: str = "random", seed: int = 0) -> np.ndarray:
     """SimpleITK ImageRegistrationMethod: Mattes MI, affine, centred initialisation, multi-resolution.
 
     Args:
         init: ``geometry`` or ``moments`` (CenteredTransformInitializer).
         bins: Mattes histogram bins; sampling: random sampling fraction per level.
         shrink, sigmas: shrink factors and smoothing sigmas (pixels) per level, coarse to fine.
-        lr, iterations, optimizer: ``gd`` gradient descent (learning rate estimated once per level from physical
-            shift) or ``rsgd`` regular step gradient descent.
+        lr, iterations, optimizer: ``gd`` gradient descent or ``rsgd`` regular step gradient descent.
+        estimate: for ``gd``, estimate the learning rate from the physical shift ``once`` per level or ``each``
+            iteration. conv_min, conv_window: ``gd`` stops when the metric's convergence value (over a window of
+            iterations) falls below conv_min. min_step: ``rsgd``'s smallest step.
+        strategy: ``random`` or ``regular`` metric sampling.
     """
     import SimpleITK as sitk
 
@@ -74,15 +78,15 @@ def register_sitk(fixed: np.ndarray, moving: np.ndarray, init: str = "geometry",
     initial = sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(2), mode)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingStrategy(reg.RANDOM if strategy == "random" else reg.REGULAR)
     reg.SetMetricSamplingPercentage(sampling, seed)
     reg.SetInterpolator(sitk.sitkLinear)
     if optimizer == "gd":
         reg.SetOptimizerAsGradientDescent(learningRate=lr, numberOfIterations=iterations,
-                                          convergenceMinimumValue=1e-6, convergenceWindowSize=10,
-                                          estimateLearningRate=reg.EachIteration)
+                                          convergenceMinimumValue=conv_min, convergenceWindowSize=conv_window,
+                                          estimateLearningRate=reg.Once if estimate == "once" else reg.EachIteration)
     else:
-        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=lr, minStep=1e-4, numberOfIterations=iterations,
+        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=lr, minStep=min_step, numberOfIterations=iterations,
                                                      relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel(list(shrink))
@@ -96,14 +100,22 @@ def register_sitk(fixed: np.ndarray, moving: np.ndarray, init: str = "geometry",
 
 
 # ------------------------------------------------------------------------------------------------------ elastix
-def register_elastix(fixed: np.ndarray, moving: np.ndarray, seed: int = 0) -> np.ndarray:
-    """itk-elastix with ``GetDefaultParameterMap("affine")`` unchanged."""
+def register_elastix(fixed: np.ndarray, moving: np.ndarray, centred: bool = False) -> np.ndarray:
+    """itk-elastix with ``GetDefaultParameterMap("affine")`` unchanged (it starts from the identity transform).
+
+    ``centred=True`` adds ``AutomaticTransformInitialization=true`` (geometrical centres); not used by
+    compare.py: on same-size pairs it is the identity, and on the BIRL pairs it was checked by hand (RESULTS.md).
+    """
     import itk
 
     f = itk.GetImageFromArray(np.ascontiguousarray(to_gray(fixed)))
     m = itk.GetImageFromArray(np.ascontiguousarray(to_gray(moving)))
     params = itk.ParameterObject.New()
-    params.AddParameterMap(params.GetDefaultParameterMap("affine"))
+    pmap = params.GetDefaultParameterMap("affine")
+    if centred:
+        pmap["AutomaticTransformInitialization"] = ["true"]
+        pmap["AutomaticTransformInitializationMethod"] = ["GeometricalCenter"]
+    params.AddParameterMap(pmap)
     _, result = itk.elastix_registration_method(f, m, parameter_object=params, log_to_console=False,
                                                 number_of_threads=THREADS)
     pm = result.GetParameterMap(0)
