@@ -6,7 +6,7 @@
 # 1. the comparison (all methods, all groups, 2 synthetic pairs per source x modality x magnitude, CLI start-up
 #    and the full-resolution FIRE memory check);
 # 2. drmime_pl's sensitivity to torch threads (1, 2, 2 with OMP_WAIT_POLICY=PASSIVE) on the BIRL pairs;
-# 3. drmime_pl with model.init=identity instead of the default moments initialisation.
+# 3. drmime_pl with model.init=identity instead of the default initialisation search (model.init=search).
 # SimpleITK and ECC settings come from benchmarks/tune_peers.py (separate tuning pairs); run it first to redo them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
