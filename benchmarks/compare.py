@@ -10,6 +10,9 @@ Groups (pairs with ground truth; rTRE per pair = median over its points of TRE /
   birl-mono   BIRL artificial pairs (rigid, affine, elastic warps of one picture; modality mono)
   syn-same    drmime_pl.synthetic pairs, modality ``same`` (+ noise), small/medium/large
   syn-multi   drmime_pl.synthetic pairs, modalities ``inverted``, ``nonmonotonic``, ``channels``, all magnitudes
+  real-jiang  ../shared/data/real/jiang: 82 real multi-modal pairs in 17 categories, third-party landmarks
+  real-srif   ../shared/data/real/srif: 120 real remote-sensing pairs in 6 categories, ground-truth affine grids
+              (the real sets carry no licence: they are read from --real, never copied into the repository)
 
 Every (method, group) runs in its own worker process (``--worker``): it imports its library, does an untimed
 warm-up registration on a tiny pair, then times each registration call alone (images already in memory as float
@@ -45,8 +48,9 @@ REPO = HERE.parent
 SAMPLES = REPO / "samples"
 sys.path.insert(0, str(HERE))
 
-METHODS = ["drmime-affine", "drmime-perspective", "sitk", "elastix", "ecc", "seed", "oracle-affine"]
-GROUPS = ["birl-multi", "birl-mono", "syn-same", "syn-multi"]
+METHODS = ["drmime", "drmime-affine", "drmime-perspective", "sitk", "elastix", "ecc", "seed", "oracle-affine"]
+GROUPS = ["birl-multi", "birl-mono", "syn-same", "syn-multi", "real-jiang", "real-srif"]
+REAL = REPO.parent / "shared" / "data" / "real"
 MAGNITUDES = ["small", "medium", "large"]
 MULTI_MODALITIES = ["inverted", "nonmonotonic", "channels"]
 THRESHOLDS = (0.005, 0.01)
@@ -124,7 +128,31 @@ def build_birl():
     return entries
 
 
-def build_manifest(cache: Path, quick: bool, syn_seeds: int):
+def build_real(root: Path):
+    """The real pairs of ``root/jiang`` and ``root/srif`` (ANHIR-style pairs.csv), group ``real-<set>``, modality =
+    category. Missing sets are skipped with a note."""
+    from PIL import Image
+
+    from drmime_pl.evaluate import read_pairs_csv, read_points
+
+    entries = []
+    for name in ("jiang", "srif"):
+        csv_path = Path(root) / name / "pairs.csv"
+        if not csv_path.is_file():
+            print(f"note: {csv_path} not found: group real-{name} skipped", file=sys.stderr)
+            continue
+        for pair in read_pairs_csv(csv_path):
+            fixed_pts, moving_pts = read_points(pair)
+            with Image.open(pair.fixed_image) as im:
+                w, h = im.size
+            entries.append({"name": f"{name}-{pair.name}", "group": f"real-{name}", "source": name,
+                            "modality": pair.group, "magnitude": "", "seed": "", "fixed": str(pair.fixed_image),
+                            "moving": str(pair.moving_image), "fixed_points": fixed_pts.tolist(),
+                            "moving_points": moving_pts.tolist(), "fixed_hw": [h, w]})
+    return entries
+
+
+def build_manifest(cache: Path, quick: bool, syn_seeds: int, real: Path = REAL):
     cache = cache.resolve()
     entries = build_birl()
     if quick:
@@ -133,7 +161,7 @@ def build_manifest(cache: Path, quick: bool, syn_seeds: int):
             build_synthetic(cache, ["kidney"], ["nonmonotonic"], ["small"], 1, "syn-multi", 100)
     entries += build_synthetic(cache, list(SYN_SOURCES), ["same"], MAGNITUDES, syn_seeds, "syn-same", 100)
     entries += build_synthetic(cache, list(SYN_SOURCES), MULTI_MODALITIES, MAGNITUDES, syn_seeds, "syn-multi", 100)
-    return entries
+    return entries + build_real(real)
 
 
 # ------------------------------------------------------------------------------------------------- the worker
@@ -166,11 +194,13 @@ def _method_fn(method: str, seed_steps: int):
     import peers
 
     method = method.partition("@")[0]
-
+    extra = os.environ.get("BENCH_DRMIME_OVERRIDES", "").split()  # compare.py --drmime-overrides
+    if method == "drmime":  # the default config, transform model included
+        return lambda f, m: peers.register_drmime(f, m, None, extra)
     if method == "drmime-affine":
-        return lambda f, m: peers.register_drmime(f, m, "affine")
+        return lambda f, m: peers.register_drmime(f, m, "affine", extra)
     if method == "drmime-perspective":
-        return lambda f, m: peers.register_drmime(f, m, "perspective")
+        return lambda f, m: peers.register_drmime(f, m, "perspective", extra)
     if method == "sitk":
         return lambda f, m: peers.register_sitk(f, m, **peers.SITK_DEFAULT)
     if method == "elastix":
@@ -322,7 +352,7 @@ def write_summaries(rows, peaks, out: Path, footer: str) -> str:
     summary = summarise(rows, peaks, lambda r: (r["method"], r["group"]))
     by_mag = summarise([r for r in rows if r["group"].startswith("syn")], peaks,
                        lambda r: (r["method"], r["group"], r.get("magnitude", "")))
-    by_mod = summarise([r for r in rows if r["group"] == "syn-multi"], peaks,
+    by_mod = summarise([r for r in rows if r["group"] == "syn-multi" or r["group"].startswith("real-")], peaks,
                        lambda r: (r["method"], r["group"], r.get("modality", "")))
     with (out / "summary.csv").open("w", newline="") as fh:
         keys = ["method", "group", "subset", "n", "success_0.5%", "success_1%", "median_rtre", "median_s",
@@ -332,7 +362,7 @@ def write_summaries(rows, peaks, out: Path, footer: str) -> str:
         for r in summary + by_mag + by_mod:
             w.writerow({k: r.get(k, "") for k in keys})
     text = (markdown(summary, "Per group") + "\n" + markdown(by_mag, "Synthetic groups by magnitude", True) + "\n" +
-            markdown(by_mod, "Synthetic multi-modality by modality", True)) + footer
+            markdown(by_mod, "Multi-modal groups by modality (synthetic) and category (real)", True)) + footer
     (out / "summary.md").write_text(text)
     return text
 
@@ -494,6 +524,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--groups", default=",".join(GROUPS))
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 pairs, no seed recipe, no extras")
+    ap.add_argument("--real", default=str(REAL), help="folder holding the real sets jiang/ and srif/")
     ap.add_argument("--syn-seeds", type=int, default=1, help="synthetic pairs per source x modality x magnitude")
     ap.add_argument("--seed-pairs", default="auto",
                     help="comma list of pair names for the (slow) seed recipe; 'auto': the first pair of each BIRL "
@@ -504,6 +535,8 @@ def main(argv=None) -> int:
                     help="torch threads of drmime_pl (1: see RESULTS.md, 2 threads stall when the cores are shared)")
     ap.add_argument("--seed-threads", type=int, default=2, help="torch threads of the seed recipe")
     ap.add_argument("--pairs", default=None, help="comma list: run only these pair names")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the (method, group) results in --out/pairs.partial.jsonl from a killed run")
     ap.add_argument("--summarise", nargs="+", metavar="PAIRS_CSV",
                     help="only rebuild pairs.csv, summary.md and summary.csv in --out from these pairs.csv files "
                          "(a later file's row replaces an earlier row of the same method and pair)")
@@ -528,7 +561,7 @@ def main(argv=None) -> int:
         return summarise_files(args.summarise, out)
     started = _dt.datetime.now().astimezone()
     load_start = os.getloadavg()
-    manifest = build_manifest(Path(args.cache), args.quick, args.syn_seeds)
+    manifest = build_manifest(Path(args.cache), args.quick, args.syn_seeds, Path(args.real))
     groups = [g for g in args.groups.split(",") if g]
     manifest = [e for e in manifest if e["group"] in groups]
     manifest_path = out / "manifest.json"
@@ -553,6 +586,17 @@ def main(argv=None) -> int:
           f"; methods {', '.join(methods)}; seed recipe on {len(seed_names)} pair(s)", flush=True)
 
     rows, peaks, baselines = [], {}, {}
+    partial = out / "pairs.partial.jsonl"  # one line per finished (method, group): a killed run can --resume
+    done = set()
+    if args.resume and partial.is_file():
+        for line in partial.read_text().splitlines():
+            item = json.loads(line)
+            rows += item["rows"]
+            peaks[(item["method"], item["group"])] = item["peak"]
+            baselines[(item["method"], item["group"])] = item["baseline"]
+            done.add((item["method"], item["group"]))
+    elif partial.exists():
+        partial.unlink()
     with tempfile.TemporaryDirectory(prefix="drmime-bench-") as tmp:
         for group in groups:
             for method in methods:
@@ -563,13 +607,16 @@ def main(argv=None) -> int:
                     names = [n for n in names if n in seed_names]
                 if args.pairs:
                     names = [n for n in names if n in args.pairs.split(",")]
-                if not names:
+                if not names or (method, group) in done:
                     continue
                 print(f"[{time.strftime('%H:%M:%S')}] {method} on {group} ({len(names)} pairs)", flush=True)
                 r, peak, base = run_method_group(method, group, names, manifest_path, Path(tmp), args)
                 rows += r
                 peaks[(method, group)] = peak
                 baselines[(method, group)] = base
+                with partial.open("a") as fh:
+                    fh.write(json.dumps({"method": method, "group": group, "rows": r, "peak": peak,
+                                         "baseline": base}, default=float) + "\n")
 
     if "oracle-affine" in methods:  # reference: the best affine matrix (least squares on the true points)
         import peers

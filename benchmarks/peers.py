@@ -179,8 +179,9 @@ def register_ecc(fixed: np.ndarray, moving: np.ndarray, min_size: int = 48, iter
 
 
 # ---------------------------------------------------------------------------------------------------- drmime_pl
-def register_drmime(fixed, moving, transform: str = "affine", overrides=()) -> np.ndarray:
-    """``drmime_pl.register`` with the default config (``overrides`` appended). ``fixed``/``moving``: arrays."""
+def register_drmime(fixed, moving, transform: Optional[str] = "affine", overrides=()) -> np.ndarray:
+    """``drmime_pl.register`` with the default config (``overrides`` appended; ``transform=None`` keeps the
+    default model). ``fixed``/``moving``: arrays."""
     import drmime_pl
 
     res = drmime_pl.register(fixed, moving, transform=transform, overrides=list(overrides))

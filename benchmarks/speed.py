@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +56,35 @@ def per_step_ms(fixed, moving, steps):
     return 1000 * reg.seconds / reg.steps, len(reg.mi_per_level)
 
 
+class PeakRSS:
+    """Peak resident memory (bytes) of this process while inside the block: /proc/self/statm sampled every 5 ms
+    (Linux), else the process's lifetime peak (``ru_maxrss``)."""
+
+    def __enter__(self):
+        self.peak, self._stop = self.now(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def now() -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -64,12 +95,14 @@ def main():
     register(None, BIRL / "images/artificial_reference.jpg", BIRL / "images/artificial_moving-affine.jpg",
              ["fit.max_steps=20"])  # warm-up: lazy imports and first-call initialisation
 
-    print("\n| pair | transform | seconds per registration | of which optimisation | steps | ms per step |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("\n| pair | transform | seconds per registration | of which optimisation | steps | ms per step | "
+          "peak RSS GB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for name, config, fixed, moving in pairs():
-        reg, seconds = register(config, fixed, moving)
+        with PeakRSS() as memory:
+            reg, seconds = register(config, fixed, moving)
         print(f"| {name} | {reg.transform} | {seconds:.2f} | {reg.seconds:.2f} | {reg.steps} | "
-              f"{1000 * reg.seconds / reg.steps:.2f} |", flush=True)
+              f"{1000 * reg.seconds / reg.steps:.2f} | {memory.peak / 1e9:.2f} |", flush=True)
 
     fixed = read_image(BIRL / "rat-kidney_/scale-5pc/Rat-Kidney_HE.jpg")
     moving = read_image(BIRL / "rat-kidney_/scale-5pc/Rat-Kidney_PanCytokeratin.jpg")
@@ -80,6 +113,7 @@ def main():
     print(f"per step, rat kidney at 4x ({2 * fixed.shape[-1]}x{2 * fixed.shape[-2]}, {levels_4x} levels): {ms_4x:.2f} ms")
     print(f"ratio 4x / 1x: {ms_4x / ms_1x:.2f} (target <= 1.5)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"peak RSS of the whole benchmark: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 
 if __name__ == "__main__":

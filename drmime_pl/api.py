@@ -32,7 +32,8 @@ def register(
         overrides: ``section.key=value`` strings, as on the command line.
         fixed_mask: optional mask (path or array, non-zero = use) of the fixed image's size.
         output_dir: write ``transform.json``, ``warped.png``, ``overlay.png``, ``config.yaml`` there.
-        log: write TensorBoard events and checkpoints under ``logging.log_dir`` (off by default: the API is quiet).
+        log: write TensorBoard events and checkpoints under ``logging.log_dir`` (off by default: the API is quiet;
+            a relative ``logging.log_dir`` lies inside ``output_dir`` when that is given).
         **settings: shortcuts for ``section.key=value``, written ``section__key=value`` (e.g. ``fit__max_steps=300``).
 
     Returns:

@@ -112,22 +112,31 @@ class NonFiniteGuard(pl.Callback):
 
 
 class GracefulInterrupt(pl.Callback):
-    """Ctrl-C (SIGINT) stops after the current step and saves ``last.ckpt``; a second Ctrl-C aborts at once."""
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP stop after the current step and save ``last.ckpt``; a second signal
+    aborts at once. ``signum`` records the signal, for the exit status (128 + signum)."""
 
     def __init__(self, ckpt_dir: Optional[Path]):
         self.ckpt_dir = ckpt_dir
         self.requested = False
+        self.signum: Optional[int] = None
         self.saved: Optional[Path] = None
-        self._previous = None
+        self._previous = {}
 
     def _handler(self, signum, frame):
-        if self.requested:  # second Ctrl-C: give up on a clean stop
-            raise KeyboardInterrupt
+        from .signals import Interrupted
+
+        if self.requested:  # a second signal: give up on a clean stop
+            raise Interrupted(signum)
         self.requested = True
+        self.signum = int(signum)
 
     def on_train_start(self, trainer, pl_module):
+        from .signals import STOP_SIGNALS
+
+        # After Lightning's own SIGTERM handler (installed when fit starts), which would end the run with status 0.
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for s in STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.requested and not trainer.should_stop:
@@ -135,9 +144,9 @@ class GracefulInterrupt(pl.Callback):
             trainer.should_stop = True
 
     def _restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def on_train_end(self, trainer, pl_module):
         self._restore()

@@ -21,6 +21,20 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 0x9E3779B1 + int(step) * 0x85EBCA77 + 0x2545F491) % (2**63 - 1))
 
 
+def _allowed_indices(flat_weights: torch.Tensor, block: int = 1 << 20) -> torch.Tensor:
+    """Flat indices of the non-zero weights, int32 when they fit (4 bytes per pixel, not 8), found block by block
+    so that no int64 copy of the whole image is ever made."""
+    n = flat_weights.numel()
+    dtype = torch.int32 if n < 2**31 else torch.int64
+    out = torch.empty(int((flat_weights != 0).sum()), dtype=dtype)
+    at = 0
+    for start in range(0, n, block):
+        found = (flat_weights[start:start + block] != 0).nonzero().squeeze(1)
+        out[at:at + found.numel()] = found.to(dtype) + start
+        at += found.numel()
+    return out
+
+
 class PixelBatchSampler:
     """Draws, for every level, ``batch_size`` pixels of the fixed image at random with probability proportional to
     a per-level weight map (uniform over a mask, or favouring edges, see :func:`sampling_weights`).
@@ -49,8 +63,8 @@ class PixelBatchSampler:
         self.tables = []
         for w in weights:
             flat_w = w.reshape(-1)
-            if bool(((flat_w == 0) | (flat_w == flat_w.max())).all()):
-                self.tables.append(("uniform", flat_w.nonzero().squeeze(1)))
+            if flat_w.dtype == torch.bool or bool(((flat_w == 0) | (flat_w == flat_w.max())).all()):
+                self.tables.append(("uniform", _allowed_indices(flat_w)))
             else:
                 cdf = torch.cumsum(flat_w.double(), 0)
                 self.tables.append(("cdf", cdf / cdf[-1]))
@@ -69,7 +83,7 @@ class PixelBatchSampler:
         norms, values, perms = [], [], []
         for flat, (kind, table), (w, scale_xy, offset_xy) in zip(self.flat, self.tables, self.to_norm):
             if kind == "uniform":
-                pick = table[torch.randint(table.numel(), (self.batch_size,), generator=g)]  # B flat indices
+                pick = table[torch.randint(table.numel(), (self.batch_size,), generator=g)].long()  # B flat indices
             else:
                 u = torch.rand(self.batch_size, generator=g, dtype=torch.float64)
                 pick = torch.searchsorted(table, u, right=True).clamp_(max=table.numel() - 1)

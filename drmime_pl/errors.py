@@ -23,3 +23,7 @@ class CheckpointError(DrmimeError, ValueError):
 
 class RegistrationError(DrmimeError, RuntimeError):
     """The optimisation failed: the loss became NaN or infinite, or the transform degenerated."""
+
+
+class TransformFileError(DrmimeError, ValueError):
+    """A saved transform (``transform.json``, ``.tfm``) is missing, unreadable or does not fit the images."""

@@ -31,8 +31,9 @@ diagonal of the fixed image. Per pair: mean, median, max. ANHIR ranks by the med
 median rTRE; FIRE by the area under the success-rate curve of the per-pair mean TRE over 0..25 px. A pair that
 could not be scored (``failed``) never counts as a success; medians and means are over the scored pairs.
 
-Exit status: 0 when the evaluation completed (failed pairs included), 2 for bad usage, 130 when interrupted
-(the outputs then cover the pairs done so far).
+Exit status: 0 when the evaluation completed (failed pairs included), 2 for bad usage, 130 / 143 / 129 when
+stopped by SIGINT / SIGTERM / SIGHUP (the outputs then cover the pairs done so far). Started again with the same
+``--out``, pairs already registered with the same config are re-scored, not registered again (``--redo``).
 """
 from __future__ import annotations
 
@@ -106,6 +107,7 @@ class PairResult:
     fixed_width: Optional[int] = None
     seconds: float = math.nan
     steps: Optional[int] = None
+    skipped: bool = False  # registered by an earlier run with the same config (not a CSV column)
 
     @property
     def ok(self) -> bool:
@@ -388,6 +390,8 @@ def discover_fire(folder) -> List[Pair]:
     names = [n for n in names if n]
     if not names:
         raise UsageError(f"{truth}: no control_points_<pair>_1_2.txt files")
+    for n in names:  # a name becomes a folder under OUT/transforms/: no "..", no separators
+        _check_name(n, str(truth / f"{prefix}{n}{suffix}"))
     images = folder / "Images"
     return [Pair(name=n, group=fire_category(n), fixed_image=_fire_image(images, f"{n}_1"),
                  moving_image=_fire_image(images, f"{n}_2"), control_points=truth / f"{prefix}{n}{suffix}")
@@ -477,22 +481,45 @@ def transform_from_dir(folder: Path) -> Callable[[Pair], dict]:
     return get
 
 
-def transform_by_registration(cfg, out: Path) -> Callable[[Pair], dict]:
-    """A transform source that registers the pair with ``cfg`` and writes its files to ``out/transforms/<name>/``."""
+def finished_earlier(folder: Path, config_yaml: str) -> Optional[dict]:
+    """The result of an earlier registration of this pair with the same configuration, or None: its
+    ``transform.json`` must be complete (readable, with a finite 3 x 3 matrix and ``fixed_shape``) and its
+    ``config.yaml`` equal to ``config_yaml``."""
+    try:
+        if (folder / "config.yaml").read_text() != config_yaml:
+            return None
+        return read_transform(folder / "transform.json")
+    except (OSError, UnicodeDecodeError, DrmimeError):
+        return None
+
+
+def transform_by_registration(cfg, out: Path, redo: bool = False) -> Callable[[Pair], dict]:
+    """A transform source that registers the pair with ``cfg`` and writes its files to ``out/transforms/<name>/``.
+
+    A pair whose folder already holds a complete ``transform.json`` made with the same configuration (a run that
+    was interrupted, then started again) is not registered again, unless ``redo``; its result is re-scored.
+    """
+    from omegaconf import OmegaConf
+
     from .fit import fit
 
     def get(pair: Pair) -> dict:
         folder = out / "transforms" / pair.name
+        c = copy.deepcopy(cfg)
+        c.output.dir = str(folder)
+        if c.logging.enabled:
+            c.logging.name = f"{c.logging.name}-{pair.name}"
+        if not redo:
+            done = finished_earlier(folder, OmegaConf.to_yaml(c, resolve=True))
+            if done is not None:
+                done["skipped"] = True
+                return done
         stale = folder / "transform.json"
         if stale.exists():
             stale.unlink()  # a failed re-run must not leave an older result to be re-scored later
         for label, p in (("fixed", pair.fixed_image), ("moving", pair.moving_image)):
             if p is None:
                 raise DrmimeError(f"no {label} image given")
-        c = copy.deepcopy(cfg)
-        c.output.dir = str(folder)
-        if c.logging.enabled:
-            c.logging.name = f"{c.logging.name}-{pair.name}"
         result = fit(c, fixed=str(pair.fixed_image), moving=str(pair.moving_image))
         return {"matrix": check_matrix(result.matrix), "fixed_shape": tuple(int(v) for v in result.fixed_shape),
                 "seconds": float(result.seconds), "steps": int(result.steps)}
@@ -508,6 +535,7 @@ def evaluate_pair(pair: Pair, get_transform: Callable[[Pair], dict], reraise: bo
     try:
         fixed_pts, moving_pts = read_points(pair)  # first: a missing landmark file costs no registration
         t = get_transform(pair)
+        result.skipped = bool(t.get("skipped", False))
         result.seconds, result.steps = t["seconds"], t["steps"]
         result.fixed_height, result.fixed_width = t["fixed_shape"]
         errors = tre(t["matrix"], fixed_pts, moving_pts)
@@ -536,7 +564,7 @@ def progress_line(result: PairResult, mode: str) -> str:
         return f"FAILED: {result.error}"
     score = f"mean TRE {result.tre_mean:.2f} px" if mode == "fire" else f"median rTRE {result.rtre_median:.4f}"
     secs = f" ({result.seconds:.1f} s)" if math.isfinite(result.seconds) else ""
-    return score + secs
+    return score + secs + (" [registered earlier; --redo registers again]" if result.skipped else "")
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -568,6 +596,9 @@ def parse_args(argv=None):
                         help="evaluate only pairs whose name matches (repeatable), e.g. --only 'A*'")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="skip pairs whose name matches (repeatable), e.g. --exclude P37")
+    parser.add_argument("--redo", action="store_true",
+                        help="register every pair again (by default a pair whose OUT/transforms/<pair>/transform.json "
+                             "is complete and was made with the same config is re-scored, not re-registered)")
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides: section.key=value")
     return parser.parse_args(argv)
 
@@ -598,7 +629,7 @@ def _setup(args):
         cfg = load_config(args.config, list(EVAL_DEFAULTS) + list(args.overrides))
         if cfg.fit.ckpt_path:
             raise UsageError("fit.ckpt_path resumes one registration; it cannot be used for a whole data set")
-        source_factory = lambda: transform_by_registration(cfg, out)  # noqa: E731
+        source_factory = lambda: transform_by_registration(cfg, out, redo=args.redo)  # noqa: E731
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -615,7 +646,8 @@ def _setup(args):
 def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: bool = False):
     """Score the pairs in order, one progress line each on stderr; rewrite ``pairs.csv`` after each pair.
 
-    Returns ``(results, interrupted)``; the report files are written by the caller.
+    Returns ``(results, interrupted)``: ``interrupted`` is False, or the number of the signal that stopped the
+    run (SIGINT, SIGTERM, SIGHUP); the report files are written by the caller.
     """
     from .result import write_text_atomic
 
@@ -626,9 +658,11 @@ def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: boo
         start = time.perf_counter()
         try:
             result = evaluate_pair(pair, get_transform, reraise=reraise)
-        except (KeyboardInterrupt, _interrupted_error()):  # Ctrl-C between or during registrations
+        except (KeyboardInterrupt, _interrupted_error()) as exc:  # Ctrl-C/SIGTERM/SIGHUP, between or in a pair
+            from .signals import signum_of
+
             print("interrupted", file=sys.stderr)
-            return results, True
+            return results, signum_of(exc)
         line = progress_line(result, mode)
         if result.ok and not math.isfinite(result.seconds):
             line += f" ({time.perf_counter() - start:.1f} s)"
@@ -639,6 +673,15 @@ def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: boo
 
 
 def main(argv=None) -> int:
+    from .signals import signals_as_interrupts
+
+    with signals_as_interrupts():  # SIGTERM and SIGHUP stop like Ctrl-C: report for the pairs done, exit 143 / 129
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
+    from .signals import exit_code
+
     args = parse_args(argv)
     debug = any(o.replace(" ", "").lower() == "fit.debug=true" for o in args.overrides)
     try:
@@ -652,7 +695,7 @@ def main(argv=None) -> int:
     results, interrupted = run(pairs, get_transform, mode, out, reraise=reraise)
     if not results:
         print("drmime_pl.evaluate: interrupted before the first pair finished; nothing written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(interrupted or 2)
     if interrupted:
         title += f" - INTERRUPTED after {len(results)} of {len(pairs)} pairs"
     text = write_report(out, results, mode, title)
@@ -662,7 +705,7 @@ def main(argv=None) -> int:
           f"{out / 'success.png'}" + (f", {out / 'transforms'}/" if cfg is not None else ""))
     if interrupted:
         print(f"drmime_pl.evaluate: interrupted after {len(results)} of {len(pairs)} pairs", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(interrupted)
     return 0
 
 

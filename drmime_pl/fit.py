@@ -7,6 +7,7 @@ checkpoint, and write the result files.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 import time
@@ -17,22 +18,24 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import load_config
+from .config import keys_help, load_config
 from .errors import CheckpointError, ConfigError, DrmimeError, RegistrationError
 
 EXIT_USAGE = 2  # bad input: files, config, checkpoint
 EXIT_FAILED = 1  # the registration itself failed (diverged, degenerate)
-EXIT_INTERRUPTED = 130  # Ctrl-C, checkpoint saved
+EXIT_INTERRUPTED = 130  # Ctrl-C, checkpoint saved (SIGTERM: 143, SIGHUP: 129; see drmime_pl.signals)
 
 
 class RegistrationInterrupted(DrmimeError):
-    """Ctrl-C stopped the run after a step; a checkpoint was saved to resume from."""
+    """Ctrl-C, SIGTERM or SIGHUP (``signum``) stopped the run after a step; a checkpoint was saved to resume from."""
+
+    signum = 2  # SIGINT
 
 
 def _quiet_lightning() -> None:
     # An endless in-memory sampler needs no workers and no validation; these notices would only confuse users.
     for pattern in (".*does not have many workers.*", ".*IterableDataset.*", ".*is not a `CombinedLoader`.*",
-                    ".*You are using `torch.load` with `weights_only=False`.*", ".*Checkpoint directory.*exists.*",
+                    ".*Checkpoint directory.*exists.*",
                     ".*LeafSpec.*", ".*isinstance.*treespec.*", ".*`training_step` returned `None`.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric",
@@ -41,13 +44,10 @@ def _quiet_lightning() -> None:
 
 
 def _read_checkpoint(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found (fit.ckpt_path)")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
+    # weights_only=True: a checkpoint from elsewhere must not run code (see drmime_pl.checkpoint_io).
+    from .checkpoint_io import load_checkpoint_safely
+
+    return load_checkpoint_safely(path)
 
 
 def check_checkpoint(path: str, identity: dict) -> None:
@@ -73,10 +73,12 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     :class:`~drmime_pl.result.Registration`. ``callbacks``: extra Lightning callbacks for the Trainer.
 
     Writes, when ``cfg.logging.enabled``: TensorBoard events and ``checkpoints/last.ckpt`` under
-    ``<logging.log_dir>/<logging.name>/version_N``; and the result files into ``output.dir`` (default: that version
-    folder). Raises :class:`~drmime_pl.errors.DrmimeError` subclasses for bad input and failed runs; no
+    ``<logging.log_dir>/<logging.name>/version_N`` (a relative ``log_dir`` lies inside ``output.dir`` when that is
+    set; a resumed run continues in its checkpoint's run folder: :mod:`drmime_pl.paths`); and the result files into
+    ``output.dir`` (default: that version folder). Progress goes to stderr (:mod:`drmime_pl.progress`). Raises :class:`~drmime_pl.errors.DrmimeError` subclasses for bad input and failed runs; no
     ``transform.json`` is written then.
     """
+    started = time.perf_counter()  # wall_seconds: the whole call, up to just before transform.json is written
     from .prepare import prepare_pair
 
     d, m, o, f, lg = cfg.data, cfg.model, cfg.optim, cfg.fit, cfg.logging
@@ -87,12 +89,30 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     if fixed is None or moving is None:
         raise DrmimeError("data.fixed and data.moving must both be set (image paths)")
     fixed_mask = fixed_mask if fixed_mask is not None else d.fixed_mask
+    # Folders first: an unusable output.dir or logging.log_dir is found before any image is loaded.
+    from .rundir import check_writable_dir, claim_run_dir, remove_stale_result
 
-    pair = prepare_pair(fixed, moving, d, init=m.init, model=m.transform, fixed_mask=fixed_mask)
+    if cfg.output.dir:
+        check_writable_dir(cfg.output.dir, "output.dir")
+    from .paths import log_root, resume_run_dir
+
+    # With output.dir set, a relative logging.log_dir lies inside it; fit.ckpt_path=<run>/checkpoints/last.ckpt
+    # continues in <run> (issue 11; drmime_pl.paths).
+    logs = log_root(lg.log_dir, cfg.output.dir)
+    resumed_dir = resume_run_dir(f.ckpt_path) if lg.enabled else None
+    if lg.enabled:
+        check_writable_dir(resumed_dir or logs, "fit.ckpt_path" if resumed_dir else "logging.log_dir")
+
+    pair = prepare_pair(fixed, moving, d, init=m.init, model=m.transform, fixed_mask=fixed_mask,
+                        init_matrix=m.init_matrix)
     identity = {"transform": m.transform, "pair": pair.fingerprint(), "levels": pair.levels,
                 "fixed": pair.fixed_name, "moving": pair.moving_name}
     if f.ckpt_path:
         check_checkpoint(f.ckpt_path, identity)
+    if cfg.output.dir:  # the inputs are good and this run will write: an earlier result must not survive it
+        remove_stale_result(cfg.output.dir)
+    elif resumed_dir is not None:  # resuming into the run folder, which is also the output folder
+        remove_stale_result(resumed_dir)
 
     # Lightning loads only once the inputs are known to be good: a bad input fails fast.
     import pytorch_lightning as pl
@@ -101,6 +121,8 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
 
     from .callbacks import ConvergenceStopping, GracefulInterrupt, NonFiniteGuard, PreviewImages
     from .checks import degeneracy
+    from .geometry import pixel_matrix_from_normalised
+    from .quality import judge_level
     from .datamodule import PixelBatchSampler, PyramidDataModule
     from .mine import MineNetwork
     from .module import DrmimeModule
@@ -110,6 +132,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     _quiet_lightning()
 
     pl.seed_everything(int(f.seed), workers=False, verbose=False)
+    judge = judge_level(pair)  # a ~256 px copy of both images, for the verdict after the optimisation
     mine = MineNetwork(2 * pair.channels, list(m.mine_hidden))
     transform = MatrixExpTransform(m.transform, init=pair.init)
     module = DrmimeModule(
@@ -118,15 +141,27 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
         lr_final_factor=o.lr_final_factor, warmup_steps=o.warmup_steps, max_steps=f.max_steps, bias_correction=m.bias_correction,
         ma_rate=m.ma_rate, log_every_n_steps=lg.every_n_steps, identity=identity,
     )
+    # Memory (issue 7): the module now holds the moving levels with their validity channel; drop the pair's copies,
+    # and the fixed sampling weights once the sampler has its index tables.
+    pair.moving_pyramid, pair.moving_weights = module.moving_pyramid(), None
     sampler = PixelBatchSampler(pair.fixed_pyramid, pair.fixed_weights, pair.fixed_hw, pair.scale, d.batch_size, f.seed)
+    pair.fixed_weights = None
     datamodule = PyramidDataModule(sampler)
 
     logger, run_dir, ckpt_dir = False, None, None
     convergence = ConvergenceStopping(f.converge_every, f.converge_tol_px, f.converge_patience, f.min_steps)
     extra_callbacks, callbacks = list(callbacks), [convergence]
     if lg.enabled:
-        logger = TensorBoardLogger(save_dir=lg.log_dir, name=lg.name, default_hp_metric=False)
+        if resumed_dir is not None:  # the checkpoint's run folder: the same TensorBoard run, the same checkpoints
+            run_dir = resumed_dir
+        else:
+            version = claim_run_dir(logs, lg.name)  # atomic: two runs started at once get two folders
+            run_dir = (logs / lg.name if lg.name else logs) / f"version_{version}"
+        logger = TensorBoardLogger(save_dir=str(run_dir.parent), name="", version=run_dir.name,
+                                   default_hp_metric=False)
         run_dir = Path(logger.log_dir)
+        # The resolved config, readable in TensorBoard's TEXT tab (indented: a Markdown code block).
+        logger.experiment.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "), 0)
         ckpt_dir = run_dir / "checkpoints"
         callbacks += [
             ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=lg.checkpoint_every_n_steps),
@@ -136,8 +171,12 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
             callbacks.append(PreviewImages(pair.fixed_pyramid, lg.image_every_n_steps, lg.preview_size))
     guard, interrupt = NonFiniteGuard(ckpt_dir), GracefulInterrupt(ckpt_dir)
     callbacks += [guard, interrupt] + extra_callbacks
+    from .progress import PlainProgress, RegisterProgressBar, done_line, plain_every, stderr_is_terminal
+
+    plain = bool(lg.progress_bar) and not stderr_is_terminal()  # a log file or a pipe: plain lines, no tqdm
     if lg.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(PlainProgress(plain_every(lg.every_n_steps), convergence) if plain
+                         else RegisterProgressBar(refresh_rate=10))
 
     try:
         trainer = _make_trainer(cfg, logger, callbacks)
@@ -145,20 +184,34 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
         raise ConfigError(f"fit.accelerator={f.accelerator!r}, fit.precision={f.precision!r}: "
                           f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=f.ckpt_path or None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=f.ckpt_path or None)
+    except SystemExit:  # Lightning turns a KeyboardInterrupt (a second signal) into sys.exit(1): keep the signal
+        from .signals import Interrupted, last_signal
+
+        raise Interrupted(interrupt.signum or last_signal()) from None
     seconds = time.perf_counter() - start
 
     if interrupt.requested:
+        from .signals import signal_name
+
         where = interrupt.saved or "(no checkpoint: logging.enabled is false)"
-        raise RegistrationInterrupted(
-            f"interrupted at step {trainer.global_step}; checkpoint saved to {where}; resume with "
-            f"fit.ckpt_path={where}"
+        stopped = RegistrationInterrupted(
+            f"interrupted at step {trainer.global_step} ({signal_name(interrupt.signum)}); checkpoint saved to "
+            f"{where}; resume with fit.ckpt_path={where}"
         )
+        stopped.signum = interrupt.signum
+        raise stopped
     last_ckpt = None
     if ckpt_dir is not None:
         last_ckpt = ckpt_dir / "last.ckpt"
         trainer.save_checkpoint(str(last_ckpt))
-    matrix = module.pixel_matrix()
+    coefficients = (transform.shared.detach().double().cpu(), transform.fine.detach().double().cpu())
+    matrix_normalised, verdict = _keep_best(judge, pair, module.normalised_matrix(), m)
+    if verdict.chosen != "optimised":  # the optimisation made things worse: keep its start (or identity)
+        coefficients = (pair.init.double() if verdict.chosen == "initial" else torch.zeros_like(coefficients[0]),
+                        torch.zeros_like(coefficients[1]))
+    matrix = pixel_matrix_from_normalised(matrix_normalised, pair.fixed_hw, pair.moving_hw, pair.scale)
     problem = degeneracy(matrix, pair.fixed_hw, pair.moving_hw)
     if problem:
         raise RegistrationError(
@@ -167,29 +220,56 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
         )
 
     result = Registration(
-        matrix=matrix.numpy(), matrix_normalised=module.normalised_matrix().numpy(),
-        coefficients_shared=transform.shared.detach().double().cpu().numpy(),
-        coefficients_fine=transform.fine.detach().double().cpu().numpy(), transform=m.transform,
+        matrix=matrix.numpy(), matrix_normalised=matrix_normalised.numpy(),
+        coefficients_shared=coefficients[0].numpy(), coefficients_fine=coefficients[1].numpy(), transform=m.transform,
         fixed_shape=pair.fixed_hw, moving_shape=pair.moving_hw, scale=pair.scale,
         mi_per_level=[float(v) for v in module.mi_ema.cpu()], steps=int(trainer.global_step), seconds=seconds,
         converged=convergence.converged, seed=int(f.seed), fixed=pair.fixed_name, moving=pair.moving_name,
-        checkpoint=str(last_ckpt) if last_ckpt else None, versions=library_versions(),
+        checkpoint=str(last_ckpt) if last_ckpt else None, versions=library_versions(), quality=verdict.to_json(),
     )
+    # Memory: the pyramids and index tables are not needed for the full-size warp of the outputs.
+    del trainer, module, datamodule, sampler
+    pair.fixed_pyramid = pair.moving_pyramid = None
+    gc.collect()
     out_dir = Path(cfg.output.dir) if cfg.output.dir else run_dir
     if out_dir is not None:
         result.output_dir = str(out_dir)
         try:
-            write_outputs(result, pair.fixed, pair.moving, out_dir, OmegaConf.to_yaml(cfg),
-                          warped=cfg.output.warped, overlay=cfg.output.overlay)
+            write_outputs(result, pair.fixed, pair.moving, out_dir, OmegaConf.to_yaml(cfg, resolve=True),
+                          warped=cfg.output.warped, overlay=cfg.output.overlay,
+                          itk=cfg.output.itk, elastix=cfg.output.elastix, started=started)
         except OSError as exc:
             raise DrmimeError(f"output.dir {out_dir}: cannot write the results ({exc.strerror or exc})") from None
+    if result.wall_seconds is None:  # no files written (the quiet Python API)
+        result.wall_seconds = time.perf_counter() - started
+    if plain:
+        print(done_line(result.steps, result.converged, result.seconds, result.wall_seconds), file=sys.stderr,
+              flush=True)
     return result
+
+
+def _keep_best(judge, pair, optimised: torch.Tensor, model_cfg):
+    """The optimised normalised matrix, or its start or identity when ``model.keep_best`` finds them clearly
+    better (:func:`drmime_pl.quality.choose_and_judge`), and the verdict on the result."""
+    from .geometry import generator_basis, matrix_from_coefficients
+    from .quality import choose_and_judge
+
+    initial = None
+    if pair.init is not None:
+        initial = matrix_from_coefficients(pair.init.double(), generator_basis(model_cfg.transform).double())
+    refine_model = model_cfg.transform if model_cfg.polish else None
+    chosen, verdict = choose_and_judge(judge, pair, optimised, initial, force_optimised=not model_cfg.keep_best,
+                                       model=refine_model)
+    return chosen, verdict
 
 
 def _make_trainer(cfg: DictConfig, logger, callbacks):
     import pytorch_lightning as pl
 
+    from pytorch_lightning.callbacks import ProgressBar
+
     from .checkpoint_io import AtomicCheckpointIO
+    from .paths import log_root
 
     f, lg = cfg.fit, cfg.logging
     return pl.Trainer(
@@ -197,9 +277,10 @@ def _make_trainer(cfg: DictConfig, logger, callbacks):
         accelerator="gpu" if f.accelerator == "cuda" else f.accelerator, devices=f.devices,
         precision=f.precision if f.precision.endswith("mixed") else int(f.precision),
         max_steps=f.max_steps, max_epochs=-1, logger=logger, callbacks=callbacks,
-        enable_checkpointing=bool(lg.enabled), enable_progress_bar=bool(lg.progress_bar),
+        enable_checkpointing=bool(lg.enabled),
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),  # a tqdm bar on a terminal only
         enable_model_summary=False, log_every_n_steps=lg.every_n_steps, num_sanity_val_steps=0,
-        limit_val_batches=0, default_root_dir=lg.log_dir,
+        limit_val_batches=0, default_root_dir=str(log_root(lg.log_dir, cfg.output.dir)),
     )
 
 
@@ -207,14 +288,28 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m drmime_pl.fit",
         description="Register a moving image to a fixed image by maximising MINE mutual information.",
-        epilog="Any key=value after the options overrides the config, e.g. data.fixed=a.png model.transform=affine",
+        epilog="Any key=value after the options overrides the config, e.g. data.fixed=a.png model.transform=affine\n"
+               "(configs/default.yaml explains each key; pyramid level 0 is the finest). Keys and defaults:\n"
+               + keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", "-c", default=None, help="YAML config (defaults: configs/default.yaml keys)")
+    parser.add_argument("--config", "-c", default=None,
+                        help="YAML config file, or a packaged config by name: default, fire, anhir "
+                             "(without it: the defaults of configs/default.yaml)")
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides: section.key=value")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    from .signals import signals_as_interrupts
+
+    with signals_as_interrupts():  # SIGTERM, SIGHUP: like Ctrl-C (exit 143, 129), temporary files removed
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
+    from .signals import exit_code, signal_name, signum_of
+
     args = parse_args(argv)
     debug = any(o.replace(" ", "") in ("fit.debug=true", "fit.debug=True") for o in args.overrides)
     try:
@@ -223,17 +318,20 @@ def main(argv=None) -> int:
         result = fit(cfg)
     except RegistrationInterrupted as exc:
         print(f"drmime_pl: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("drmime_pl: interrupted before training started; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(exc.signum)
+    except KeyboardInterrupt as exc:
+        print(f"drmime_pl: interrupted ({signal_name(signum_of(exc))}) before the run finished; no transform.json "
+              f"was written", file=sys.stderr)
+        return exit_code(signum_of(exc))
     except DrmimeError as exc:
         if debug:
             raise
         print(f"drmime_pl: error: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, RegistrationError) else EXIT_USAGE
     state = "converged" if result.converged else "reached fit.max_steps"
-    print(f"drmime_pl: {state} after {result.steps} steps in {result.seconds:.1f} s; final MI {result.final_mi:.3f} nats")
+    wall = f", wall time {result.wall_seconds:.1f} s" if result.wall_seconds is not None else ""
+    print(f"drmime_pl: {state} after {result.steps} steps in {result.seconds:.1f} s{wall}; "
+          f"final MI {result.final_mi:.3f} nats")
     print("matrix (fixed pixel -> moving pixel):")
     for row in result.matrix:
         print("  " + "  ".join(f"{v: .6g}" for v in row))

@@ -261,6 +261,9 @@ def pix_trans_grid(hw: Sequence[int], dtype=torch.float64) -> torch.Tensor:
     return torch.tensor([[w / 2.0, 0.0, (w - 1) / 2.0], [0.0, h / 2.0, (h - 1) / 2.0], [0.0, 0.0, 1.0]], dtype=dtype)
 
 
+_WARP_BLOCK_PIXELS = 1 << 18  # output pixels warped at once (memory: ~60 bytes each)
+
+
 def warp_grid(moving: torch.Tensor, moving_grid_trans_fixed_grid: torch.Tensor, out_hw: Sequence[int]) -> torch.Tensor:
     """Resample ``moving`` (``C x Hm x Wm``) on an ``out_hw`` grid covering the fixed image edge to edge.
 
@@ -272,12 +275,18 @@ def warp_grid(moving: torch.Tensor, moving_grid_trans_fixed_grid: torch.Tensor, 
     """
     h, w = int(out_hw[0]), int(out_hw[1])
     m = torch.as_tensor(moving_grid_trans_fixed_grid, dtype=torch.float64) @ torch.linalg.inv(pix_trans_grid((h, w)))
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    points = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)  # HW x 2 output pixels
     dtype = moving.dtype if moving.is_floating_point() else torch.float32
-    grid = transform_points(m, points).view(1, h, w, 2).to(dtype)  # 1 x H x W x 2
-    out = F.grid_sample(moving.unsqueeze(0).to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0]
+    source = moving.unsqueeze(0).to(dtype)
+    out = torch.empty((moving.shape[0], h, w), dtype=dtype, device=moving.device)
+    xs = torch.arange(w, dtype=torch.float64)
+    rows = max(1, _WARP_BLOCK_PIXELS // max(1, w))  # blocks of rows: the float64 grid never covers the whole image
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        ys, xx = torch.meshgrid(torch.arange(r0, r1, dtype=torch.float64), xs, indexing="ij")
+        points = torch.stack([xx.reshape(-1), ys.reshape(-1)], dim=-1)  # block x 2 output pixels
+        grid = transform_points(m, points).view(1, r1 - r0, w, 2).to(dtype).to(moving.device)
+        out[:, r0:r1] = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    return out
 
 
 def warp_image(moving: torch.Tensor, moving_pix_trans_fixed_pix: torch.Tensor, fixed_hw: Sequence[int]) -> torch.Tensor:

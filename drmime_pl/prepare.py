@@ -11,7 +11,7 @@ from .errors import ImageError
 from .geometry import pair_scale
 from .images import ImageLike, load_image, select_channels
 from .geometry import TRANSFORM_DOFS
-from .init import candidate_matrices, mask_moments, moments_init, search_init
+from .init import moments_init
 from .pyramid import auto_foreground, downsample_mask, gaussian_pyramid, max_levels, sampling_weights
 
 _MIN_FOREGROUND_PIXELS = 16
@@ -63,9 +63,9 @@ def _name(image: ImageLike, default: str) -> str:
     return str(image) if isinstance(image, (str,)) or hasattr(image, "__fspath__") else default
 
 
-def load_mask(mask: ImageLike, fixed_hw, name: str) -> torch.Tensor:
+def load_mask(mask: ImageLike, fixed_hw, name: str, max_pixels=None) -> torch.Tensor:
     """A mask image (non-zero = use) of the fixed image's size -> ``H x W`` bool."""
-    m = load_image(mask, name=name)
+    m = load_image(mask, name=name, max_pixels=max_pixels)
     if tuple(m.shape[-2:]) != tuple(fixed_hw):
         raise ImageError(
             f"{name}: mask is {m.shape[-1]}x{m.shape[-2]} (W x H) but the fixed image is {fixed_hw[1]}x{fixed_hw[0]}"
@@ -76,23 +76,23 @@ def load_mask(mask: ImageLike, fixed_hw, name: str) -> torch.Tensor:
     return m
 
 
-def _search(moments, fixed_small, fixed_pyr, masks, moving_pyr, moving_weights, fixed_hw, moving_hw, scale, model):
-    """Best of identity / moments / rotated moments by NMI on the finest level no larger than ~96 px."""
-    from .geometry import coefficients_from_matrix, generator_basis
+def _search(moments: torch.Tensor, fixed_pyr, masks, moving_pyr, moving_weights, fixed_hw, moving_hw, scale,
+            model) -> torch.Tensor:
+    """Coefficients of the best initial transform of :func:`drmime_pl.search.global_search`: every rotation,
+    scales 0.5-2 and shifts up to half the image, with identity and the moments estimate competing."""
+    from .geometry import generator_basis, matrix_from_coefficients
+    from .search import Candidate, global_search
 
-    pick = next((i for i, img in enumerate(fixed_pyr) if max(img.shape[-2:]) <= 96), len(fixed_pyr) - 1)
-    pick_m = min(pick, len(moving_pyr) - 1)
-    centroid = mask_moments(fixed_small, fixed_hw, scale)[0] if not bool(fixed_small.all()) else torch.zeros(2)
-    candidates = candidate_matrices(moments, centroid, model)
-    best, _ = search_init(candidates, fixed_pyr[pick], masks[pick], moving_pyr[pick_m],
-                          None if moving_weights is None else moving_weights[pick_m], fixed_hw, moving_hw, scale)
-    if best == 1:
-        return moments.float()
-    return coefficients_from_matrix(candidates[best], generator_basis(model).double()).float()
+    moments_matrix = matrix_from_coefficients(moments.double(), generator_basis(model).double())
+    moments_scale = float(torch.linalg.det(moments_matrix[:2, :2]).clamp_min(1e-12).sqrt())
+    seeds = [Candidate(0.0, 1.0, torch.zeros(2, dtype=torch.float64)),
+             Candidate(0.0, moments_scale, moments_matrix[:2, 2].clone())]
+    best = global_search(fixed_pyr, masks, moving_pyr, moving_weights, fixed_hw, moving_hw, scale, model, seeds)[0]
+    return best.coefficients(model)
 
 
 def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "moments", model: str = "perspective",
-                 fixed_mask: Optional[ImageLike] = None) -> PreparedPair:
+                 fixed_mask: Optional[ImageLike] = None, init_matrix: Optional[str] = None) -> PreparedPair:
     """Load, check and preprocess a pair.
 
     Raises:
@@ -100,8 +100,9 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
             a constant image (no information: MI is zero for every transform), a bad mask.
     """
     fixed_name, moving_name = _name(fixed, "fixed image"), _name(moving, "moving image")
-    fixed_t = load_image(fixed, name=fixed_name)
-    moving_t = load_image(moving, name=moving_name)
+    max_pixels = getattr(data_cfg, "max_pixels", None)  # checked against each file's header before decoding
+    fixed_t = load_image(fixed, name=fixed_name, max_pixels=max_pixels)
+    moving_t = load_image(moving, name=moving_name, max_pixels=max_pixels)
     for img, name in ((fixed_t, fixed_name), (moving_t, moving_name)):
         h, w = img.shape[-2:]
         if min(h, w) < data_cfg.min_level_size:
@@ -121,7 +122,7 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
     moving_pyr = gaussian_pyramid(m_sel, levels, data_cfg.blur_sigma, highpass_sigma=data_cfg.highpass_sigma)
 
     if fixed_mask is not None:
-        mask0 = load_mask(fixed_mask, fixed_t.shape[-2:], _name(fixed_mask, "fixed mask"))
+        mask0 = load_mask(fixed_mask, fixed_t.shape[-2:], _name(fixed_mask, "fixed mask"), max_pixels)
     elif data_cfg.auto_mask:
         mask0 = auto_foreground(fixed_t, data_cfg.mask_threshold, margin=data_cfg.mask_margin)
     else:
@@ -129,11 +130,17 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
     masks = [mask0] + [downsample_mask(mask0, img.shape[-2:]) for img in fixed_pyr[1:]]
     # A level whose mask vanished when shrunk keeps all its pixels rather than none.
     masks = [m if int(m.sum()) >= _MIN_FOREGROUND_PIXELS else torch.ones_like(m) for m in masks]
-    weights = [sampling_weights(img, m, data_cfg.sampling) for img, m in zip(fixed_pyr, masks)]
+    # Uniform sampling needs only the masks (bool, 1 byte per pixel) rather than float weights (4 bytes).
+    weights = [m if data_cfg.sampling == "uniform" else sampling_weights(img, m, data_cfg.sampling)
+               for img, m in zip(fixed_pyr, masks)]
 
     moving_weights = None
+    moving_mask0 = None
     if data_cfg.auto_mask:  # (computed before the initial transform, which scores candidates with it)
         moving_mask0 = auto_foreground(moving_t, data_cfg.mask_threshold, margin=data_cfg.mask_margin).float()
+    # Without a background there are no weights: a fixed point warped outside the moving image then samples zero
+    # and still counts. Dropping it instead would let MI grow by pushing hard-to-match parts out of view.
+    if moving_mask0 is not None and not bool((moving_mask0 > 0).all()):
         moving_weights = [moving_mask0] + [
             torch.nn.functional.interpolate(moving_mask0[None, None], size=img.shape[-2:], mode="area")[0, 0]
             for img in moving_pyr[1:]
@@ -141,6 +148,12 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
 
     scale = pair_scale(fixed_t.shape[-2:])
     init_coefficients = None
+    if init_matrix:  # model.init_matrix: start from a saved transform instead (issue 11), no moments, no search
+        from .transform_io import initial_coefficients
+
+        init_coefficients = initial_coefficients(init_matrix, fixed, moving, fixed_t.shape[-2:], moving_t.shape[-2:],
+                                                 scale, model)
+        init = "matrix"
     if init in ("moments", "search"):
         # Moments compare the two foregrounds as they are (no margin), whatever mask the sampling uses.
         fixed_small = auto_foreground(fixed_t, data_cfg.mask_threshold, max_side=256, full_size=False)
@@ -152,7 +165,7 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
             init_coefficients = moments_init(fixed_small, moving_mask, fixed_t.shape[-2:], moving_t.shape[-2:],
                                              scale, model)
         if init == "search":
-            init_coefficients = _search(init_coefficients, fixed_small, fixed_pyr, masks, moving_pyr, moving_weights,
+            init_coefficients = _search(init_coefficients, fixed_pyr, masks, moving_pyr, moving_weights,
                                         fixed_t.shape[-2:], moving_t.shape[-2:], scale, model)
     return PreparedPair(fixed_name, moving_name, fixed_t, moving_t, fixed_pyr, moving_pyr, weights, moving_weights,
                         scale, init_coefficients)

@@ -34,20 +34,30 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a ``C x H x W`` image with reflect padding. Same shape out."""
     if sigma <= 0:
         return image
-    k = gaussian_kernel1d(sigma, image.dtype).to(image.device)
-    c = image.shape[0]
-    r = (k.numel() - 1) // 2
+    k = gaussian_kernel1d(sigma, torch.float64).tolist()
+    r = (len(k) - 1) // 2
     x = image.unsqueeze(0)  # 1 x C x H x W
     mode = "reflect" if min(image.shape[-2:]) > r else "replicate"
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    # A weighted sum of shifted views of the padded image, one axis at a time. (conv2d on the CPU unfolds the
+    # image: ~77 bytes per pixel for a 7-tap kernel; this needs the padded copy and the result, 8 bytes.)
+    x = _blur_axis(x, k, -1, (r, r, 0, 0), mode)
+    x = _blur_axis(x, k, -2, (0, 0, r, r), mode)
     return x[0]
+
+
+def _blur_axis(x: torch.Tensor, k, dim: int, pad, mode: str) -> torch.Tensor:
+    padded = F.pad(x, pad, mode=mode)
+    n = x.shape[dim]
+    out = padded.narrow(dim, 0, n) * k[0]
+    for i in range(1, len(k)):
+        out.add_(padded.narrow(dim, i, n), alpha=k[i])
+    return out
 
 
 def min_max_normalise(image: torch.Tensor) -> torch.Tensor:
     """Scale a ``C x H x W`` image to [0, 1] over all its channels (a constant image becomes zeros)."""
     lo, hi = image.amin(), image.amax()
-    return (image - lo) / (hi - lo) if float(hi - lo) > 0 else torch.zeros_like(image)
+    return (image - lo).div_(hi - lo) if float(hi - lo) > 0 else torch.zeros_like(image)
 
 
 def gaussian_pyramid(image: torch.Tensor, levels: int, sigma: float = 1.0, normalise: bool = True,
@@ -94,6 +104,20 @@ def _connected_to_border(candidates: torch.Tensor) -> torch.Tensor:
     return region[0, 0] > 0.5
 
 
+def _is_object(foreground: torch.Tensor, radius_fraction: float = 0.02, keep: float = 0.6) -> bool:
+    """Is an ``h x w`` foreground a solid object (tissue, a field of view, an image pasted on a canvas) rather than
+    thin structure on a uniform fill (roads on a map, lit windows in a night photograph)?
+
+    A morphological opening by a disc of ``radius_fraction`` of the long side keeps most of a solid object and
+    removes thin structure; the foreground counts as an object when at least ``keep`` of it survives.
+    """
+    radius = max(1, int(round(radius_fraction * max(foreground.shape))))
+    x = foreground[None, None].float()
+    eroded = -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)
+    opened = F.max_pool2d(eroded, 2 * radius + 1, stride=1, padding=radius)
+    return float(opened.sum()) >= keep * float(x.sum())
+
+
 def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int = 512, margin: float = 0.0,
                     full_size: bool = True) -> torch.Tensor:
     """Foreground mask: everything but the background, the region of the border's colour connected to the border.
@@ -125,7 +149,7 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
     # No background when the border is not mostly one colour (a textured image, a crop inside tissue).
     border_is_background = float(((border - background.view(c, 1)).abs().amax(0) <= threshold).float().mean())
     fg_small = ~_connected_to_border((small - background).abs().amax(0) <= threshold)
-    if border_is_background < 0.75 or float(fg_small.float().mean()) < 0.01:
+    if border_is_background < 0.75 or float(fg_small.float().mean()) < 0.01 or not _is_object(fg_small):
         return torch.ones((h, w) if full_size else fg_small.shape, dtype=torch.bool)
     radius = int(round(abs(margin) * max(small.shape[-2:])))
     if radius > 0:

@@ -23,6 +23,8 @@ class Registration:
             pixel centres at integers) to the moving-image pixel that lands on it; [2, 2] is 1.
         matrix_normalised: the same transform in the normalised frame (:mod:`drmime_pl.geometry`), fixed -> moving.
         coefficients_shared, coefficients_fine: matrix-exponential coefficients (all levels; finest level only).
+        quality: how far the result can be trusted (:mod:`drmime_pl.quality`): ``suspect`` with a ``reason``,
+            the NGF score ``ngf`` and its ``z`` against misaligned copies, and which candidate was ``chosen``.
     """
 
     matrix: np.ndarray
@@ -42,17 +44,35 @@ class Registration:
     moving: str = "moving image"
     output_dir: Optional[str] = None
     checkpoint: Optional[str] = None
+    #: the whole fit() call, from its start to just before transform.json is written: loading, preparation,
+    #: optimisation (``seconds``) and the other output files; None when unknown (older transform.json files).
+    wall_seconds: Optional[float] = None
     versions: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)  # the verdict of drmime_pl.quality: ngf, z, suspect, reason, chosen
 
     @property
     def final_mi(self) -> float:
         """Mean over levels of the final MI estimate (nats, averaged over the last steps)."""
-        return float(np.mean(self.mi_per_level))
+        return float(np.mean(self.mi_per_level)) if len(self.mi_per_level) else float("nan")
 
-    def transform_points(self, fixed_points) -> np.ndarray:
-        """Map ``N x 2`` fixed-image pixel points (x, y) to moving-image pixels."""
-        pts = torch.as_tensor(np.asarray(fixed_points, dtype=np.float64))
-        return transform_points(torch.as_tensor(self.matrix), pts).numpy()
+    def transform_points(self, points, inverse: bool = False) -> np.ndarray:
+        """Map ``N x 2`` fixed-image pixel points (x, y) to moving-image pixels (``inverse=True``: moving -> fixed)."""
+        pts = torch.as_tensor(np.asarray(points, dtype=np.float64))
+        matrix = torch.as_tensor(np.asarray(self.matrix, dtype=np.float64))
+        return transform_points(torch.linalg.inv(matrix) if inverse else matrix, pts).numpy()
+
+    @classmethod
+    def load(cls, path) -> "Registration":
+        """Read a ``transform.json`` (keys it lacks get neutral values). Raises ``TransformFileError``."""
+        from .transform_io import registration_from_json
+
+        return registration_from_json(cls, path)
+
+    def inverse(self) -> "Registration":
+        """The inverse registration: moving pixel -> fixed pixel, shapes and image names swapped."""
+        from .transform_io import inverse_registration
+
+        return inverse_registration(self)
 
     def warp(self, moving) -> np.ndarray:
         """Resample ``moving`` (path, array or tensor) onto the fixed image's grid. Returns ``H x W (x C)`` float."""
@@ -106,8 +126,12 @@ def write_text_atomic(text: str, path: Path) -> None:
 
 
 def write_outputs(result: Registration, fixed: torch.Tensor, moving: torch.Tensor, out_dir: Path, config_yaml: str,
-                  warped: bool = True, overlay: bool = True, overlay_size: int = 1024) -> None:
+                  warped: bool = True, overlay: bool = True, overlay_size: int = 1024, itk: bool = True,
+                  elastix: bool = True, started: Optional[float] = None) -> None:
     """Write ``config.yaml``, ``warped.png``, ``overlay.png`` and, last, ``transform.json`` into ``out_dir``.
+
+    ``started``: the ``time.perf_counter()`` at which the run began; ``result.wall_seconds`` is then set to the time
+    since, just before ``transform.json`` is written.
 
     Every file is written under a temporary name and renamed, and ``transform.json`` comes last: when it exists,
     the run finished and every other file is whole.
@@ -118,11 +142,22 @@ def write_outputs(result: Registration, fixed: torch.Tensor, moving: torch.Tenso
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(config_yaml, out_dir / "config.yaml")
     if warped or overlay:
-        warped_img = warp_image(moving, torch.as_tensor(result.matrix), result.fixed_shape).clamp(0, 1)
-        if warped:
-            save_image_atomic(warped_img, out_dir / "warped.png")
+        warped_img = warp_image(moving, torch.as_tensor(result.matrix), result.fixed_shape).clamp_(0, 1)
         if overlay:
             small_fixed = resize_long_side(fixed, overlay_size)
             small_warped = resize_long_side(warped_img, overlay_size)
             save_image_atomic(colour_overlay(small_fixed, small_warped), out_dir / "overlay.png")
+        if warped:
+            from .warp_cli import write_warped_native  # the moving file's own dtype and channels (issue 11)
+
+            if write_warped_native(result, out_dir) is None:
+                save_image_atomic(warped_img, out_dir / "warped.png")
+    if itk or elastix:  # transform.tfm / transform_field.mha, TransformParameters.txt (issue 11)
+        from .export_itk import write_run_exports
+
+        write_run_exports(result, out_dir, itk=itk, elastix=elastix)
+    if started is not None:
+        import time
+
+        result.wall_seconds = time.perf_counter() - started
     write_json_atomic(result.to_json(), out_dir / "transform.json")

@@ -34,10 +34,10 @@ class MatrixExpTransform(nn.Module):
     def forward(self, finest: bool = True) -> torch.Tensor:
         """Normalised ``moving_norm_trans_fixed_norm``: ``3 x 3`` (with the fine refinement when ``finest``)."""
         v = self.shared + self.fine if finest else self.shared
-        return matrix_from_coefficients(v.float(), self.basis)
+        return matrix_from_coefficients(v.to(self.basis.dtype), self.basis)
 
     def level_matrices(self, levels: int) -> torch.Tensor:
         """``L x 3 x 3``: level 0 gets shared + fine coefficients, levels 1.. the shared ones."""
-        finest_and_shared = matrix_from_coefficients(torch.stack([self.shared + self.fine, self.shared]).float(),
+        finest_and_shared = matrix_from_coefficients(torch.stack([self.shared + self.fine, self.shared]).to(self.basis.dtype),
                                                      self.basis)  # 2 x 3 x 3: one exponential per distinct vector
         return torch.cat([finest_and_shared[:1], finest_and_shared[1:].expand(levels - 1, 3, 3)])

@@ -1,0 +1,76 @@
+"""Issue 7, memory: the full-resolution steps must not cost far more than the images themselves.
+
+Peak resident memory is measured in a fresh subprocess (``ru_maxrss``) over a 2500 x 2500 grey image, so that the
+per-pixel figure is not hidden by the interpreter's own memory (the peak, VmHWM, is reset after the imports).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux)")
+
+PROBE = """
+import sys, torch
+torch.set_num_threads(1)
+n = 2500
+x = torch.rand(1, n, n)
+{setup}
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key + ":"))
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # reset the peak (VmHWM) to the current RSS: imports and setup do not count
+base = status("VmRSS")
+{body}
+print((status("VmHWM") - base) / (n * n))
+"""
+
+
+def bytes_per_pixel(setup: str, body: str) -> float:
+    """Peak memory of ``body`` (after ``setup``: imports, inputs) in bytes per pixel of an n x n image."""
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(setup=setup, body=body)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def test_gaussian_pyramid_needs_little_more_than_its_levels():
+    # conv2d on the CPU unfolded the image (~77 bytes per pixel for sigma 1); the pyramid itself is ~5.3 bytes.
+    used = bytes_per_pixel("from drmime_pl.pyramid import gaussian_pyramid", "y = gaussian_pyramid(x, 6, 1.0)")
+    assert used < 24, f"gaussian_pyramid peaked at {used:.1f} bytes per pixel"
+
+
+def test_sampler_tables_are_compact():
+    used = bytes_per_pixel("from drmime_pl.datamodule import PixelBatchSampler\nm = torch.ones(n, n, dtype=torch.bool)",
+                           "s = PixelBatchSampler([x], [m], (n, n), n / 2, 64, 0)")
+    assert used < 12, f"the sampler peaked at {used:.1f} bytes per pixel"
+
+
+def test_warp_by_row_blocks_is_exact_and_small(monkeypatch):
+    import drmime_pl.geometry as geometry
+
+    moving = torch.rand(2, 61, 47)
+    matrix = torch.tensor([[0.9, 0.1, 3.0], [-0.05, 1.1, -2.0], [1e-4, 2e-4, 1.0]], dtype=torch.float64)
+    whole = geometry.warp_image(moving, matrix, (53, 71))
+    monkeypatch.setattr(geometry, "_WARP_BLOCK_PIXELS", 100)  # 1 row at a time
+    assert torch.equal(geometry.warp_image(moving, matrix, (53, 71)), whole)
+    used = bytes_per_pixel("from drmime_pl.geometry import warp_image",
+                           "y = warp_image(x, torch.eye(3, dtype=torch.float64), (n, n))")
+    assert used < 12, f"warp_image peaked at {used:.1f} bytes per pixel"
+
+
+def test_sampler_draws_the_same_pixels_from_bool_masks_and_float_weights():
+    from drmime_pl.datamodule import PixelBatchSampler
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 40, 30, generator=g)
+    mask = torch.rand(40, 30, generator=g) > 0.3
+    a = PixelBatchSampler([image], [mask], (40, 30), 20.0, 64, 5).batch(3)
+    b = PixelBatchSampler([image], [mask.float()], (40, 30), 20.0, 64, 5).batch(3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
