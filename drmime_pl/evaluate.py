@@ -69,7 +69,7 @@ ANHIR_TABLE_RTRE = (0.005, 0.01, 0.02, 0.05)
 EVAL_DEFAULTS = ("logging.progress_bar=false", "output.warped=false")
 
 CSV_COLUMNS = ("name", "group", "status", "error", "n_landmarks", "tre_mean", "tre_median", "tre_max", "rtre_mean",
-               "rtre_median", "rtre_max", "fixed_height", "fixed_width", "seconds", "steps")
+               "rtre_median", "rtre_max", "fixed_height", "fixed_width", "seconds", "steps", "suspect")
 REQUIRED_PAIR_COLUMNS = ("name", "fixed_image", "moving_image", "fixed_landmarks", "moving_landmarks")
 
 
@@ -107,6 +107,7 @@ class PairResult:
     fixed_width: Optional[int] = None
     seconds: float = math.nan
     steps: Optional[int] = None
+    suspect: Optional[bool] = None  # transform.json's quality verdict, when it has one
     skipped: bool = False  # registered by an earlier run with the same config (not a CSV column)
 
     @property
@@ -214,6 +215,31 @@ def _pct(value: float) -> str:
     return "-" if not math.isfinite(value) else f"{100.0 * value:.1f}%"
 
 
+def flag_quality(results: Sequence[PairResult], mode: str) -> Optional[dict]:
+    """How well the ``suspect`` flag predicts failure: the share of failures flagged and of successes flagged.
+
+    Failure = not a success at rTRE <= 1% (ANHIR-style) or mean TRE <= 10 px (FIRE), or an unscored pair. None
+    when no pair carries a verdict."""
+    judged = [r for r in results if r.suspect is not None]
+    if not judged:
+        return None
+    limit = 10.0 if mode == "fire" else 0.01
+    failed = [r for r in judged if not (pair_score(r, mode) <= limit)]
+    good = [r for r in judged if pair_score(r, mode) <= limit]
+    return {"limit": limit, "failures": len(failed), "failures_flagged": sum(bool(r.suspect) for r in failed),
+            "successes": len(good), "successes_flagged": sum(bool(r.suspect) for r in good)}
+
+
+def flag_markdown(flags: Optional[dict], mode: str) -> str:
+    if flags is None:
+        return ""
+    what = f"mean TRE <= {flags['limit']:g} px" if mode == "fire" else f"median rTRE <= {flags['limit']:g}"
+    share = lambda k, n: f"{flags[k]} of {flags[n]}" + (f" ({flags[k] / flags[n]:.0%})" if flags[n] else "")  # noqa
+    return (f"\nThe `suspect` flag of `transform.json` (success = {what}): it flags "
+            f"{share('failures_flagged', 'failures')} failures and {share('successes_flagged', 'successes')} "
+            f"successes.\n")
+
+
 def summary_markdown(rows: Sequence[dict], mode: str, title: str) -> str:
     """The Markdown report: a title line, the table and the definitions of its columns."""
     if mode == "fire":
@@ -309,7 +335,7 @@ def write_report(out: Path, results: Sequence[PairResult], mode: str, title: str
     from .result import write_text_atomic
 
     write_text_atomic(pairs_csv_text(results), out / "pairs.csv")
-    text = summary_markdown(summarise(results, mode), mode, title)
+    text = summary_markdown(summarise(results, mode), mode, title) + flag_markdown(flag_quality(results, mode), mode)
     write_text_atomic(text, out / "summary.md")
     plot_success(results, mode, out / "success.png")
     return text
@@ -447,9 +473,11 @@ def read_transform(path: Path) -> dict:
         raise DrmimeError(f"{path}: {exc}") from None
     seconds = data.get("seconds")
     steps = data.get("steps")
+    suspect = (data.get("quality") or {}).get("suspect") if isinstance(data.get("quality"), dict) else None
     return {"matrix": matrix, "fixed_shape": fixed_shape,
             "seconds": float(seconds) if isinstance(seconds, (int, float)) else math.nan,
-            "steps": int(steps) if isinstance(steps, int) else None}
+            "steps": int(steps) if isinstance(steps, int) else None,
+            "suspect": bool(suspect) if isinstance(suspect, bool) else None}
 
 
 def image_size(path: Optional[Path]) -> Optional[Tuple[int, int]]:
@@ -522,7 +550,8 @@ def transform_by_registration(cfg, out: Path, redo: bool = False) -> Callable[[P
                 raise DrmimeError(f"no {label} image given")
         result = fit(c, fixed=str(pair.fixed_image), moving=str(pair.moving_image))
         return {"matrix": check_matrix(result.matrix), "fixed_shape": tuple(int(v) for v in result.fixed_shape),
-                "seconds": float(result.seconds), "steps": int(result.steps)}
+                "seconds": float(result.seconds), "steps": int(result.steps),
+                "suspect": result.quality.get("suspect") if result.quality else None}
 
     return get
 
@@ -537,6 +566,7 @@ def evaluate_pair(pair: Pair, get_transform: Callable[[Pair], dict], reraise: bo
         t = get_transform(pair)
         result.skipped = bool(t.get("skipped", False))
         result.seconds, result.steps = t["seconds"], t["steps"]
+        result.suspect = t.get("suspect")
         result.fixed_height, result.fixed_width = t["fixed_shape"]
         errors = tre(t["matrix"], fixed_pts, moving_pts)
         if not np.isfinite(errors).all():

@@ -258,7 +258,7 @@ def _keep_best(judge, pair, optimised: torch.Tensor, model_cfg):
     if pair.init is not None:
         initial = matrix_from_coefficients(pair.init.double(), generator_basis(model_cfg.transform).double())
     refine_model = model_cfg.transform if model_cfg.polish else None
-    chosen, verdict = choose_and_judge(judge, pair, optimised, initial, force_optimised=not model_cfg.keep_best,
+    chosen, verdict = choose_and_judge(judge, optimised, initial, force_optimised=not model_cfg.keep_best,
                                        model=refine_model)
     return chosen, verdict
 
@@ -332,6 +332,11 @@ def _main(argv=None) -> int:
     wall = f", wall time {result.wall_seconds:.1f} s" if result.wall_seconds is not None else ""
     print(f"drmime_pl: {state} after {result.steps} steps in {result.seconds:.1f} s{wall}; "
           f"final MI {result.final_mi:.3f} nats")
+    q = result.quality
+    if q:
+        verdict = f"SUSPECT: {q['reason']}" if q.get("suspect") else "ok"
+        print(f"quality: {verdict} (edge agreement {q['ngf']:.3f}, z {q['z']:.1f} against misaligned copies; "
+              f"kept the {q['chosen']} transform)")
     print("matrix (fixed pixel -> moving pixel):")
     for row in result.matrix:
         print("  " + "  ".join(f"{v: .6g}" for v in row))

@@ -261,7 +261,7 @@ def pix_trans_grid(hw: Sequence[int], dtype=torch.float64) -> torch.Tensor:
     return torch.tensor([[w / 2.0, 0.0, (w - 1) / 2.0], [0.0, h / 2.0, (h - 1) / 2.0], [0.0, 0.0, 1.0]], dtype=dtype)
 
 
-_WARP_BLOCK_PIXELS = 1 << 18  # output pixels warped at once (memory: ~60 bytes each)
+_WARP_BLOCK_PIXELS = 1 << 16  # output pixels warped at once (memory: ~60-100 bytes each, a few MB per block)
 
 
 def warp_grid(moving: torch.Tensor, moving_grid_trans_fixed_grid: torch.Tensor, out_hw: Sequence[int]) -> torch.Tensor:

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 
-from .search import SearchLevel, score_matrices
+from .ngf import Level, symmetric_ngf
 
 #: Long side of the level the candidates are judged on.
 JUDGE_SIZE = 256
 #: Below this z-score against misaligned copies, a registration is flagged ``suspect`` (chosen on the real
 #: benchmark pairs, see benchmarks/RESULTS.md).
-SUSPECT_Z = 2.0
+SUSPECT_Z = 4.5
 
 
 @dataclass
@@ -49,49 +49,38 @@ class Verdict:
         return out
 
 
-def judge_level(pair) -> SearchLevel:
+def judge_level(pair) -> Level:
     """The ~256 px copy of a :class:`~drmime_pl.prepare.PreparedPair` that candidates are judged on (made before
     the pyramids are released)."""
     masks = [w > 0 for w in pair.fixed_weights]
-    return SearchLevel.make(pair.fixed_pyramid, masks, pair.moving_pyramid, pair.moving_weights, JUDGE_SIZE)
+    return Level.from_pyramids(pair.fixed_pyramid, masks, pair.moving_pyramid, pair.moving_weights, pair.fixed_hw,
+                               pair.moving_hw, pair.scale, JUDGE_SIZE)
 
 
-def symmetric_ngf(level: SearchLevel, matrices: torch.Tensor, fixed_hw, moving_hw, scale: float) -> torch.Tensor:
-    """Mean of NGF fixed-vs-warped-moving and moving-vs-warped-fixed, ``N`` (``-inf``: too little overlap)."""
-    forward = score_matrices(level, matrices, fixed_hw, moving_hw, scale, 0)
-    valid = torch.ones(level.moving.shape[-2:]) if level.valid is None else level.valid
-    swapped = SearchLevel(level.moving, valid > 0.5, level.fixed, level.mask.float())
-    backward = score_matrices(swapped, torch.linalg.inv(matrices), moving_hw, fixed_hw, scale, 0)
-    return 0.5 * (forward + backward)
-
-
-def refine(level: SearchLevel, matrix: torch.Tensor, model: str, fixed_hw, moving_hw, scale: float,
-           iterations: int = 16) -> torch.Tensor:
+def refine(level: Level, matrix: torch.Tensor, model: str, iterations: int = 16) -> torch.Tensor:
     """Polish ``matrix`` by compass search on symmetric NGF over the model's own generators.
 
-    Candidates are ``matrix @ expm(+-step_i B_i)``; a move is kept when it scores higher, else that axis' step
-    halves. Steps start at about one pixel of ``level`` (shifts), half a degree (rotation), half a percent
-    (scales, shears) and the matching perspective change, so this corrects what the sampled MINE gradient leaves.
-    Returns the polished ``3 x 3`` matrix.
+    Candidates are ``matrix @ expm(+-step_i B_i)``; a move is kept when it scores higher, else every step halves.
+    Steps start at one pixel of ``level`` (shifts), 0.6 degrees (rotation) and half a percent (scale, stretch,
+    shear, perspective), so this corrects what the sampled MINE gradient leaves. Returns the ``3 x 3`` matrix.
     """
     from .geometry import generator_basis
 
     basis = generator_basis(model)  # K x 3 x 3
     k = basis.shape[0]
-    pixel = 2.0 * max(int(fixed_hw[0]), int(fixed_hw[1])) / 2.0 / scale / max(level.fixed.shape[-2:])
+    pixel = max(level.fixed_hw) / level.scale / max(level.fixed.shape[-2:])  # normalised units per level pixel
     steps = torch.tensor([pixel, pixel, 0.01, 0.005, 0.005, 0.005, 0.005, 0.005][:k], dtype=torch.float64)
     moves = torch.cat([torch.eye(k, dtype=torch.float64), -torch.eye(k, dtype=torch.float64)])  # 2K x K
     current = matrix.double()
-    best = float(symmetric_ngf(level, current[None], fixed_hw, moving_hw, scale)[0])
+    best = float(symmetric_ngf(level, current[None])[0])
     for _ in range(iterations):
-        deltas = moves * steps  # 2K x K
-        candidates = current @ torch.linalg.matrix_exp(torch.einsum("nk,kij->nij", deltas, basis))
-        scores = symmetric_ngf(level, candidates, fixed_hw, moving_hw, scale)
+        candidates = current @ torch.linalg.matrix_exp(torch.einsum("nk,kij->nij", moves * steps, basis))
+        scores = symmetric_ngf(level, candidates)
         i = int(scores.argmax())
         if float(scores[i]) > best:
             best, current = float(scores[i]), candidates[i]
-            continue
-        steps = steps / 2
+        else:
+            steps = steps / 2
     return current
 
 
@@ -112,12 +101,12 @@ def misaligned(matrix: torch.Tensor, fixed_hw, scale: float) -> torch.Tensor:
     return torch.stack(out)
 
 
-def choose_and_judge(level: SearchLevel, pair, optimised: torch.Tensor, initial: Optional[torch.Tensor],
+def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[torch.Tensor],
                      force_optimised: bool = False, model: Optional[str] = None):
     """Pick the best of the optimised, initial and identity transforms and judge it.
 
     Args:
-        level: :func:`judge_level` of ``pair``, a :class:`drmime_pl.prepare.PreparedPair` (for its sizes).
+        level: :func:`judge_level` of the pair.
         optimised, initial: ``3 x 3`` normalised matrices (``initial`` None: identity).
         force_optimised: judge the optimised matrix whatever the others score.
         model: polish the chosen matrix with :func:`refine` over this model's generators (None: as it is).
@@ -128,7 +117,7 @@ def choose_and_judge(level: SearchLevel, pair, optimised: torch.Tensor, initial:
     names = ["optimised", "initial", "identity"]
     identity = torch.eye(3, dtype=torch.float64)
     candidates = torch.stack([optimised.double(), identity if initial is None else initial.double(), identity])
-    scores = symmetric_ngf(level, candidates, pair.fixed_hw, pair.moving_hw, pair.scale)
+    scores = symmetric_ngf(level, candidates)
     # The optimised transform keeps its place unless another is clearly better: NGF is a judge here, not the
     # objective, and MI knows better where both agree.
     margin = 0.01
@@ -138,10 +127,9 @@ def choose_and_judge(level: SearchLevel, pair, optimised: torch.Tensor, initial:
             best = i
     chosen = candidates[best]
     if model is not None:
-        chosen = refine(level, chosen, model, pair.fixed_hw, pair.moving_hw, pair.scale)
-        scores[best] = symmetric_ngf(level, chosen[None], pair.fixed_hw, pair.moving_hw, pair.scale)[0]
-    others = symmetric_ngf(level, misaligned(chosen, pair.fixed_hw, pair.scale), pair.fixed_hw, pair.moving_hw,
-                           pair.scale)
+        chosen = refine(level, chosen, model)
+        scores[best] = symmetric_ngf(level, chosen[None])[0]
+    others = symmetric_ngf(level, misaligned(chosen, level.fixed_hw, level.scale))
     others = others[torch.isfinite(others)]
     value = float(scores[best])
     if others.numel() >= 4:
@@ -157,6 +145,3 @@ def choose_and_judge(level: SearchLevel, pair, optimised: torch.Tensor, initial:
                       ngf_optimised=float(scores[0]), z=z, suspect=bool(reasons), reason="; ".join(reasons))
     return chosen, verdict
 
-
-def _finite(values: Sequence[float]) -> List[float]:
-    return [v for v in values if math.isfinite(v)]

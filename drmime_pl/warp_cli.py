@@ -125,30 +125,46 @@ def warp_array(array: np.ndarray, axes: str, matrix, out_hw: Sequence[int], orde
     hm, wm = src.shape[-2:]
     dtype = array.dtype
     work = torch.float64 if dtype.itemsize >= 4 and dtype.kind in "iuf" else torch.float32
+    np_work = np.float64 if work == torch.float64 else np.float32
     m = torch.linalg.inv(pix_trans_grid((hm, wm))) @ torch.as_tensor(np.asarray(matrix), dtype=torch.float64)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    grid = transform_points(m, torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)).view(1, h, w, 2).to(work)
     mode = "nearest" if order == "nearest" else "bilinear"
     value = _fill_value(fill, dtype)
-    planes = torch.from_numpy(np.ascontiguousarray(src.reshape((-1, hm, wm)).astype(
-        np.float64 if work == torch.float64 else np.float32)))
-    out = torch.empty((planes.shape[0], h, w), dtype=work)
-    for start in range(0, planes.shape[0], 8):  # a few planes at a time: bounded memory for stacks
-        chunk = planes[start:start + 8].unsqueeze(0)
-        res = F.grid_sample(chunk, grid, mode=mode, padding_mode="border" if value is None else "zeros",
-                            align_corners=False)[0]
-        if value:  # pad with a constant: weight the outside by what a ones image loses there
-            inside = F.grid_sample(torch.ones((1, 1, hm, wm), dtype=work), grid, mode=mode, padding_mode="zeros",
-                                   align_corners=False)[0]
-            res = res + value * (1.0 - inside)
-        out[start:start + 8] = res
-    result = out.numpy().reshape(lead + (h, w))
+    planes = src.reshape((-1, hm, wm))
+    n_planes = planes.shape[0]
+    out = np.empty((n_planes, h, w), dtype=dtype)  # the result type at once: no full-size float copy of the output
+    # Memory (as geometry.warp_grid): the float64 sampling grid and the float results are made for blocks of rows
+    # only; grid_sample treats every output pixel on its own, so the blocks give exactly the unblocked result.
+    rows = max(1, _WARP_BLOCK_PIXELS // max(1, w))
+    xs = torch.arange(w, dtype=torch.float64)
+    ones = torch.ones((1, 1, hm, wm), dtype=work) if value else None
+    for start in range(0, n_planes, 8):  # a few planes at a time: bounded memory for stacks
+        chunk = torch.from_numpy(np.ascontiguousarray(planes[start:start + 8], dtype=np_work)).unsqueeze(0)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            ys, xx = torch.meshgrid(torch.arange(r0, r1, dtype=torch.float64), xs, indexing="ij")
+            grid = transform_points(m, torch.stack([xx.reshape(-1), ys.reshape(-1)], dim=-1))
+            grid = grid.view(1, r1 - r0, w, 2).to(work)
+            res = F.grid_sample(chunk, grid, mode=mode, padding_mode="border" if value is None else "zeros",
+                                align_corners=False)[0]
+            if value:  # pad with a constant: weight the outside by what a ones image loses there
+                inside = F.grid_sample(ones, grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+                res = res + value * (1.0 - inside)
+            out[start:start + 8, r0:r1] = _to_dtype(res.numpy(), dtype)
+        del chunk
+    return np.moveaxis(out.reshape(lead + (h, w)), (-2, -1), (iy, ix))
+
+
+_WARP_BLOCK_PIXELS = 1 << 16  # output pixels of one plane warped at once (~100 bytes each; cf. geometry.warp_grid)
+
+
+def _to_dtype(result: np.ndarray, dtype) -> np.ndarray:
+    """Float samples -> ``dtype``: bool by thresholding at 0.5, integers rounded and clipped to the type's range."""
     if dtype == np.bool_:
-        result = result >= 0.5
-    elif np.issubdtype(dtype, np.integer):
+        return result >= 0.5
+    if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        result = np.clip(np.rint(result), info.min, info.max)
-    return np.moveaxis(result.astype(dtype), (-2, -1), (iy, ix))
+        return np.clip(np.rint(result), info.min, info.max).astype(dtype)
+    return result.astype(dtype)
 
 
 def _png16_bytes(array: np.ndarray) -> bytes:

@@ -223,11 +223,20 @@ def test_nan_loss_cli_exit_code(files, tmp_path):
 
 
 def test_degenerate_transform_is_reported(files, tmp_path):
+    # model.keep_best=false: the optimised transform is the result, so its degeneracy must be caught.
+    flies_off = ["fit.max_steps=60", "optim.lr_shared=3", "optim.warmup_steps=0"]
     with pytest.raises(RegistrationError, match="out of view"):
         drmime_pl.register(str(files["fixed"]), str(files["moving"]), transform="translation",
-                           overrides=QUICK + ["fit.max_steps=60", "optim.lr_shared=3", "optim.warmup_steps=0"],
-                           output_dir=str(tmp_path / "out"))
+                           overrides=QUICK + flies_off + ["model.keep_best=false"], output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out" / "transform.json").exists()
+
+
+def test_keep_best_replaces_a_transform_that_flew_off(files, tmp_path):
+    # With the default model.keep_best the start (or identity) replaces the runaway transform, and says so.
+    reg = drmime_pl.register(str(files["fixed"]), str(files["moving"]), transform="translation",
+                             overrides=QUICK + ["fit.max_steps=60", "optim.lr_shared=3", "optim.warmup_steps=0"])
+    assert reg.quality["chosen"] in ("initial", "identity"), reg.quality
+    assert reg.quality["ngf_optimised"] < reg.quality["ngf"]
 
 
 def test_degeneracy_checks():

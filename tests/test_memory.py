@@ -74,3 +74,12 @@ def test_sampler_draws_the_same_pixels_from_bool_masks_and_float_weights():
     a = PixelBatchSampler([image], [mask], (40, 30), 20.0, 64, 5).batch(3)
     b = PixelBatchSampler([image], [mask.float()], (40, 30), 20.0, 64, 5).batch(3)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_warp_array_needs_little_more_than_its_input_and_output():
+    # The full-size float64 sampling grid and float copies of the output cost ~60 bytes per pixel; by blocks of rows
+    # an 8-bit image needs its float32 copy (4 bytes) and the 8-bit output (1 byte).
+    used = bytes_per_pixel("import numpy as np\nfrom drmime_pl.warp_cli import warp_array\n"
+                           "a = (x[0].numpy() * 255).astype(np.uint8)\ndel x",
+                           "y = warp_array(a, 'YX', np.eye(3), (n, n))")
+    assert used < 12, f"warp_array peaked at {used:.1f} bytes per pixel"

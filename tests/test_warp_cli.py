@@ -153,3 +153,24 @@ def test_native_read_follows_the_orientation_tag(tmp_path):
         im.save(tmp_path / "o.png", exif=exif)
         native = read_native(tmp_path / "o.png").array.astype(np.float64) / 255.0
         np.testing.assert_allclose(native, read_image(tmp_path / "o.png")[0].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, order, fill", [(np.uint8, "linear", 0), (np.uint16, "nearest", "white"),
+                                                (np.float32, "linear", "edge"), (np.int32, "linear", 7.5),
+                                                (np.bool_, "nearest", 0)])
+def test_warp_array_by_row_blocks_is_exact(monkeypatch, dtype, order, fill):
+    """Memory: warp_array samples blocks of rows (issue 7); the result equals the unblocked one bit for bit, for a
+    stack of more planes than are warped at once (8), each dtype, interpolation and fill."""
+    import drmime_pl.warp_cli as warp_cli
+
+    stack = np.stack([pattern(*MOVING_HW, 1000.0, p) for p in range(11)])  # 11 x H x W
+    stack = stack > 500 if dtype == np.bool_ else stack.astype(dtype)
+    monkeypatch.setattr(warp_cli, "_WARP_BLOCK_PIXELS", 1 << 40)  # the whole output grid at once
+    whole = warp_cli.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill)
+    monkeypatch.setattr(warp_cli, "_WARP_BLOCK_PIXELS", 7 * FIXED_HW[1] + 5)  # 7 rows, the last block shorter
+    blocked = warp_cli.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill)
+    assert blocked.dtype == whole.dtype == stack.dtype and blocked.shape == (11,) + FIXED_HW
+    np.testing.assert_array_equal(blocked, whole)
+    monkeypatch.setattr(warp_cli, "_WARP_BLOCK_PIXELS", 1)  # one row at a time
+    np.testing.assert_array_equal(warp_cli.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill),
+                                  whole)
