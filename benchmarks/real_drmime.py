@@ -17,7 +17,6 @@ import csv
 import fnmatch
 import json
 import math
-import os
 import sys
 import time
 from collections import defaultdict
@@ -59,7 +58,8 @@ def register_one(job):
     try:
         reg = drmime_pl.register(str(pair.fixed_image), str(pair.moving_image), overrides=list(overrides))
         matrix, hw = np.asarray(reg.matrix), reg.fixed_shape
-        row.update(steps=reg.steps, suspect=reg.quality.get("suspect"), z=round(reg.quality.get("z", math.nan), 3),
+        z = reg.quality.get("z")
+        row.update(steps=reg.steps, suspect=reg.quality.get("suspect"), z=None if z is None else round(z, 3),
                    chosen=reg.quality.get("chosen"))
     except Exception as exc:  # noqa: BLE001 - a failed pair is a row, not the end of the run
         matrix, hw = np.full((3, 3), np.nan), image_size(pair.fixed_image)

@@ -1,7 +1,6 @@
 """Callbacks: stopping rule, non-finite loss guard, Ctrl-C checkpointing and TensorBoard previews."""
 from __future__ import annotations
 
-import math
 import signal
 import threading
 from pathlib import Path

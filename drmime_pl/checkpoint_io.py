@@ -9,11 +9,12 @@ allow-listed; a checkpoint whose pickle would build any other object (and so cou
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from .atomic import atomic_path
 
 from .errors import CheckpointError
 
@@ -45,16 +46,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
         except OSError as exc:
             raise CheckpointError(f"{path}: cannot write the checkpoint ({exc.strerror or exc})") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return load_checkpoint_safely(path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf

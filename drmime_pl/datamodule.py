@@ -6,7 +6,7 @@ The seed is stored in the checkpoint through :meth:`PyramidDataModule.state_dict
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, Sequence
 
 import pytorch_lightning as pl
 import torch

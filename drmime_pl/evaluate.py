@@ -44,7 +44,6 @@ import fnmatch
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -321,18 +320,15 @@ def plot_success(results: Sequence[PairResult], mode: str, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_report(out: Path, results: Sequence[PairResult], mode: str, title: str) -> str:
     """Write ``pairs.csv``, ``summary.md`` and ``success.png`` atomically; return the Markdown."""
-    from .result import write_text_atomic
+    from .atomic import write_text_atomic
 
     write_text_atomic(pairs_csv_text(results), out / "pairs.csv")
     text = summary_markdown(summarise(results, mode), mode, title) + flag_markdown(flag_quality(results, mode), mode)
@@ -679,7 +675,7 @@ def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: boo
     Returns ``(results, interrupted)``: ``interrupted`` is False, or the number of the signal that stopped the
     run (SIGINT, SIGTERM, SIGHUP); the report files are written by the caller.
     """
-    from .result import write_text_atomic
+    from .atomic import write_text_atomic
 
     results: List[PairResult] = []
     n = len(pairs)

@@ -21,12 +21,13 @@ Files (all text except the field, all pure functions of numbers here; :func:`wri
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
+from .atomic import write_bytes_atomic as _write_atomic
 
 TFM_NAME = "transform.tfm"
 FIELD_NAME = "transform_field.mha"
@@ -184,14 +185,6 @@ ELASTIX_PIXEL_TYPES = {"uint8": "unsigned char", "uint16": "unsigned short", "in
                        "uint32": "unsigned int", "int32": "int", "float32": "float", "float64": "double"}
 
 
-def _write_atomic(data: bytes, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_exports(matrix, fixed_hw: Sequence[int], out_dir, fixed: Geometry = UNIT, moving: Geometry = UNIT,

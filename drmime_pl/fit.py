@@ -13,7 +13,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -116,7 +115,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
 
     # Lightning loads only once the inputs are known to be good: a bad input fails fast.
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
     from .callbacks import ConvergenceStopping, GracefulInterrupt, NonFiniteGuard, PreviewImages
@@ -335,8 +334,9 @@ def _main(argv=None) -> int:
     q = result.quality
     if q:
         verdict = f"SUSPECT: {q['reason']}" if q.get("suspect") else "ok"
-        print(f"quality: {verdict} (edge agreement {q['ngf']:.3f}, z {q['z']:.1f} against misaligned copies; "
-              f"kept the {q['chosen']} transform)")
+        ngf, z = ("n/a" if q[k] is None else f"{q[k]:.{d}f}" for k, d in (("ngf", 3), ("z", 1)))  # None: no overlap
+        print(f"quality: {verdict} (edge agreement {ngf}, z {z} against misaligned copies; kept the {q['chosen']} "
+              f"transform)")
     print("matrix (fixed pixel -> moving pixel):")
     for row in result.matrix:
         print("  " + "  ".join(f"{v: .6g}" for v in row))

@@ -291,11 +291,8 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
 
 def save_image_atomic(image: torch.Tensor, path: Union[str, os.PathLike]) -> None:
     """Write a ``C x H x W`` [0, 1] image to ``path`` (format from the suffix) via a temporary file and rename."""
+    from .atomic import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(to_uint8_hwc(image)).save(tmp, format=Image.registered_extensions().get(path.suffix.lower()))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -12,7 +12,6 @@ The origin is 0 (ITK ignores XPosition/YPosition).
 """
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,8 +151,9 @@ def write_tiff(array: np.ndarray, axes: str, path, like: Optional[TiffImage] = N
     """Write ``array`` (with ``axes``) as a TIFF (OME or ImageJ when ``like`` was), via a temporary name."""
     import tifffile
 
+    from .atomic import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     kwargs = {}
     if like is not None and like.resolution is not None:
         x, y, unit = like.resolution
@@ -166,7 +166,7 @@ def write_tiff(array: np.ndarray, axes: str, path, like: Optional[TiffImage] = N
             kwargs["extrasamples"] = ("unassalpha",)
     elif "S" not in axes:
         kwargs["photometric"] = "minisblack"
-    try:
+    with atomic_path(path) as tmp:
         if like is not None and like.ome:
             meta = {"axes": axes}
             if like.channel_names:
@@ -177,10 +177,6 @@ def write_tiff(array: np.ndarray, axes: str, path, like: Optional[TiffImage] = N
                              **{k: v for k, v in kwargs.items() if k != "extrasamples"})
         else:
             tifffile.imwrite(tmp, array, metadata={"axes": axes}, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def geometry_of(path) -> Geometry:

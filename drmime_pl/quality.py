@@ -3,7 +3,7 @@
 MI between two modalities can be weak (a map and a photograph, a day and a night picture): the MINE objective is
 then nearly flat around the truth and the optimisation can drift away from a start that was already right. So
 the optimised transform competes with where it started (the initial search's pick) and with identity, judged by a
-measure the optimisation did not use: the normalised gradient field (NGF, :mod:`drmime_pl.search`), both ways, on
+measure the optimisation did not use: the normalised gradient field (NGF, :mod:`drmime_pl.ngf`), both ways, on
 a ~256 px level. The winner's verdict compares its NGF with that of misaligned copies of it (shifted by 5-10% of
 the image, rotated by 10 degrees): a registration whose alignment does not stand out from misalignments is
 ``suspect``. The threshold ``SUSPECT_Z`` was chosen on the real benchmark pairs (benchmarks/RESULTS.md). Known
@@ -16,8 +16,8 @@ float64 ``3 x 3``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 
@@ -42,12 +42,14 @@ class Verdict:
     z: float  # (ngf - mean over misaligned copies) / their standard deviation
     suspect: bool
     reason: str = ""
-    extra: Dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        out = {k: getattr(self, k) for k in ("chosen", "ngf", "ngf_identity", "ngf_initial", "ngf_optimised", "z",
-                                             "suspect", "reason")}
-        out.update(self.extra)
+        """A dict for ``transform.json``: a score that could not be computed (too little overlap) is ``None``, since
+        JSON has no infinity."""
+        out = {}
+        for key in ("chosen", "ngf", "ngf_identity", "ngf_initial", "ngf_optimised", "z", "suspect", "reason"):
+            value = getattr(self, key)
+            out[key] = None if isinstance(value, float) and not math.isfinite(value) else value
         return out
 
 

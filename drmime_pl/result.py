@@ -1,8 +1,6 @@
 """The result of a registration and the files it is written to."""
 from __future__ import annotations
 
-import json
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,6 +9,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from .atomic import write_json_atomic, write_text_atomic  # noqa: F401 - write_json_atomic: re-exported
 from .geometry import transform_points, warp_image
 
 
@@ -105,24 +104,6 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_outputs(result: Registration, fixed: torch.Tensor, moving: torch.Tensor, out_dir: Path, config_yaml: str,

@@ -15,7 +15,6 @@ for ``warped.tif``/``warped.png``); :func:`main` only parses arguments and turns
 from __future__ import annotations
 
 import argparse
-import os
 import struct
 import sys
 import zlib
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import DrmimeError, ImageError
 from .geometry import pix_trans_grid, transform_points
 from .transform_io import rescale_matrix
@@ -216,14 +216,8 @@ def write_native(array: np.ndarray, axes: str, path, like=None) -> None:
             raise ImageError(f"{path}: cannot write this format ({exc}); use .tif or .png") from None
         data = buf.getvalue()
     else:
-        raise ImageError(f"{path}: {array.dtype} pixels need a TIFF output (.tif){' or 16-bit PNG' if False else ''}")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        raise ImageError(f"{path}: {array.dtype} pixels need a TIFF output (.tif)")
+    write_bytes_atomic(data, path)
 
 
 def warped_name(moving_path) -> str:
@@ -259,13 +253,7 @@ def write_warped_native(result, out_dir) -> Optional[Path]:
 def write_points_csv(points: np.ndarray, path) -> None:
     path = Path(path)
     text = ",X,Y\n" + "".join(f"{i},{x!r},{y!r}\n" for i, (x, y) in enumerate(np.asarray(points, float).tolist()))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(text, path)
 
 
 def parse_args(argv=None):

@@ -236,7 +236,7 @@ def test_keep_best_replaces_a_transform_that_flew_off(files, tmp_path):
     reg = drmime_pl.register(str(files["fixed"]), str(files["moving"]), transform="translation",
                              overrides=QUICK + ["fit.max_steps=60", "optim.lr_shared=3", "optim.warmup_steps=0"])
     assert reg.quality["chosen"] in ("initial", "identity"), reg.quality
-    assert reg.quality["ngf_optimised"] < reg.quality["ngf"]
+    assert reg.quality["ngf_optimised"] is None or reg.quality["ngf_optimised"] < reg.quality["ngf"]  # None: no overlap
 
 
 def test_degeneracy_checks():
