@@ -1,4 +1,4 @@
-"""Initialisation: moments of the foreground masks and the NMI candidate search."""
+"""Initialisation: moments of the foreground masks and the global search (drmime_pl/search.py)."""
 import math
 
 import torch
