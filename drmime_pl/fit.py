@@ -207,9 +207,10 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
         trainer.save_checkpoint(str(last_ckpt))
     coefficients = (transform.shared.detach().double().cpu(), transform.fine.detach().double().cpu())
     matrix_normalised, verdict = _keep_best(judge, pair, module.normalised_matrix(), m)
-    if verdict.chosen != "optimised":  # the optimisation made things worse: keep its start (or identity)
+    if verdict.chosen != "optimised":  # the optimisation made things worse: its start (or identity) was kept
         coefficients = (pair.init.double() if verdict.chosen == "initial" else torch.zeros_like(coefficients[0]),
                         torch.zeros_like(coefficients[1]))
+    coefficients = _coefficients_of(matrix_normalised, m.transform) or coefficients  # after the polish
     matrix = pixel_matrix_from_normalised(matrix_normalised, pair.fixed_hw, pair.moving_hw, pair.scale)
     problem = degeneracy(matrix, pair.fixed_hw, pair.moving_hw)
     if problem:
@@ -260,6 +261,23 @@ def _keep_best(judge, pair, optimised: torch.Tensor, model_cfg):
     chosen, verdict = choose_and_judge(judge, optimised, initial, force_optimised=not model_cfg.keep_best,
                                        model=refine_model)
     return chosen, verdict
+
+
+def _coefficients_of(matrix_normalised: torch.Tensor, model: str):
+    """(shared, fine) coefficients of the final matrix, which keep-best and polish may have changed: all in the shared
+    vector, the fine one zero. None when the matrix logarithm does not reproduce the matrix (a rotation too close to
+    180 degrees): the chosen candidate's coefficients, before the polish, are kept then."""
+    from .geometry import coefficients_from_matrix, generator_basis, matrix_from_coefficients
+
+    basis = generator_basis(model).double()
+    try:
+        shared = coefficients_from_matrix(matrix_normalised, basis)
+    except ValueError:
+        return None
+    back = matrix_from_coefficients(shared, basis)
+    if not torch.allclose(back / back[2, 2], matrix_normalised / matrix_normalised[2, 2], atol=1e-6):
+        return None
+    return shared, torch.zeros_like(shared)
 
 
 def _make_trainer(cfg: DictConfig, logger, callbacks):
