@@ -35,8 +35,8 @@ class Verdict:
     """What ``transform.json["quality"]`` holds."""
 
     chosen: str  # which candidate won: optimised | initial | identity
-    ngf: float  # symmetric NGF of the result (mean squared cosine of edge directions, 0..1)
-    ngf_identity: float
+    ngf: float  # symmetric NGF of the result, after the polish (mean squared cosine of edge directions, 0..1)
+    ngf_identity: float  # ... of the three candidates, before the polish
     ngf_initial: float
     ngf_optimised: float
     z: float  # (ngf - mean over misaligned copies) / their standard deviation
@@ -129,13 +129,12 @@ def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[to
     for i in () if force_optimised else (1, 2):
         if float(scores[i]) > float(scores[best]) + margin:
             best = i
-    chosen = candidates[best]
+    chosen, value = candidates[best], float(scores[best])
     if model is not None:
         chosen = refine(level, chosen, model)
-        scores[best] = symmetric_ngf(level, chosen[None])[0]
+        value = float(symmetric_ngf(level, chosen[None])[0])
     others = symmetric_ngf(level, misaligned(chosen, level.fixed_hw, level.scale))
     others = others[torch.isfinite(others)]
-    value = float(scores[best])
     if others.numel() >= 4:
         z = (value - float(others.mean())) / max(float(others.std()), 1e-6)
     else:
