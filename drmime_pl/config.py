@@ -186,18 +186,21 @@ def closest_key(key: str) -> Optional[str]:
     return names[match[0]] if match else None
 
 
-def keys_help() -> str:
-    """``section.key = default`` for every key (``--help``)."""
+def key_defaults():
+    """``(section, key, default as YAML writes it)`` for every key of the schema."""
     cfg = OmegaConf.structured(Config)
-    lines = []
     for section in cfg:
         for key, value in cfg[section].items():
             if value is None or isinstance(value, bool):
                 shown = {None: "null", True: "true", False: "false"}[value]
             else:
                 shown = str(list(value)) if OmegaConf.is_list(value) else str(value)
-            lines.append(f"  {section}.{key} = {shown}")
-    return "\n".join(lines)
+            yield section, key, shown
+
+
+def keys_help() -> str:
+    """``section.key = default`` for every key (``--help``)."""
+    return "\n".join(f"  {section}.{key} = {shown}" for section, key, shown in key_defaults())
 
 
 def step_memory_bytes(levels: int, batch_size: int, hidden: Sequence[int], channels: int = 3) -> int:

@@ -56,4 +56,15 @@ def write_png(path: Path, image: torch.Tensor) -> Path:
     return path
 
 
-__all__ = ["FAST", "REPO", "SAMPLES", "textured_image", "nonmonotonic", "rat_kidney_paths", "write_png", "np"]
+def write_shifted_pair(folder: Path, seed: int, dx: float, dy: float):
+    """``fixed.png`` and ``moving.png`` in ``folder``: a 128 px texture (moving) and its copy shifted so that the true
+    matrix (fixed px -> moving px) is a translation by ``(dx, dy)``. Returns their paths."""
+    from drmime_pl.geometry import warp_image
+
+    moving = textured_image(128, seed=seed)
+    fixed = warp_image(moving, torch.tensor([[1, 0, dx], [0, 1, dy], [0, 0, 1]], dtype=torch.float64), (128, 128))
+    return write_png(folder / "fixed.png", fixed), write_png(folder / "moving.png", moving)
+
+
+__all__ = ["FAST", "REPO", "SAMPLES", "textured_image", "nonmonotonic", "rat_kidney_paths", "write_png",
+           "write_shifted_pair", "np"]

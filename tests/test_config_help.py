@@ -4,30 +4,18 @@ from __future__ import annotations
 import re
 
 import pytest
-from omegaconf import OmegaConf
 
-from drmime_pl.config import Config, closest_key, keys_help, load_config
+from drmime_pl.config import closest_key, key_defaults, keys_help, load_config
 from drmime_pl.errors import ConfigError
 
 from .io_helpers import REPO
-
-
-def _defaults():
-    cfg = OmegaConf.structured(Config)
-    for section in cfg:
-        for key, value in cfg[section].items():
-            if value is None or isinstance(value, bool):
-                shown = {None: "null", True: "true", False: "false"}[value]
-            else:
-                shown = str(list(value)) if OmegaConf.is_list(value) else str(value)
-            yield section, key, shown
 
 
 def test_readme_and_help_list_every_key_with_its_default():
     text = (REPO / "README.md").read_text()
     table = text[text.index("## Configuration"):text.index("## How it works")]
     help_text = keys_help()
-    for section, key, shown in _defaults():
+    for section, key, shown in key_defaults():
         row = re.search(rf"^\| `{section}` \|(.*)$", table, re.M)
         assert row and f"`{key}={shown}`" in row.group(1), f"README lacks {section}.{key}={shown}"
         assert f"  {section}.{key} = {shown}" in help_text

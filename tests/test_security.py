@@ -21,10 +21,9 @@ from PIL import Image, ImageOps
 
 import drmime_pl
 from drmime_pl.errors import CheckpointError, ConfigError, ImageError
-from drmime_pl.geometry import warp_image
 from drmime_pl.images import read_image
 
-from .conftest import REPO, textured_image, write_png
+from .conftest import REPO, textured_image, write_png, write_shifted_pair
 
 QUICK = ["fit.max_steps=20", "fit.min_steps=20", "data.batch_size=128", "logging.progress_bar=false",
          "model.transform=affine", "model.init=identity"]
@@ -32,10 +31,7 @@ QUICK = ["fit.max_steps=20", "fit.min_steps=20", "data.batch_size=128", "logging
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pair")
-    moving = textured_image(128, seed=3)
-    fixed = warp_image(moving, torch.tensor([[1, 0, 2.0], [0, 1, -1.0], [0, 0, 1]], dtype=torch.float64), (128, 128))
-    return write_png(d / "fixed.png", fixed), write_png(d / "moving.png", moving)
+    return write_shifted_pair(tmp_path_factory.mktemp("pair"), seed=3, dx=2.0, dy=-1.0)
 
 
 def run_cli(module, args, cwd, timeout=120, code=None):

@@ -21,19 +21,15 @@ import numpy as np
 import pytest
 import torch
 
-from drmime_pl.geometry import warp_image
 
-from .conftest import REPO, textured_image, write_png
+from .conftest import REPO, write_shifted_pair
 
 QUICK = ["data.batch_size=128", "logging.progress_bar=false", "model.transform=affine", "model.init=identity"]
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pair")
-    moving = textured_image(128, seed=4)
-    fixed = warp_image(moving, torch.tensor([[1, 0, 2.0], [0, 1, -1.0], [0, 0, 1]], dtype=torch.float64), (128, 128))
-    return write_png(d / "fixed.png", fixed), write_png(d / "moving.png", moving)
+    return write_shifted_pair(tmp_path_factory.mktemp("pair"), seed=4, dx=2.0, dy=-1.0)
 
 
 def env():
