@@ -2,7 +2,7 @@
 
     python benchmarks/check_directions.py
 
-A synthetic same-modality pair with a known small affine+shift transform (drmime_pl.synthetic) is registered by the
+A synthetic same-modality pair with a known small affine+shift transform (drmime_pl.evaluation.synthetic) is registered by the
 classic peers (and, with --all, drmime_pl and the seed recipe); each must land near the truth, and far from the
 truth's inverse.
 """
@@ -17,8 +17,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402
-from drmime_pl.images import read_image  # noqa: E402
-from drmime_pl.synthetic import make_pair  # noqa: E402
+from drmime_pl.io.images import read_image  # noqa: E402
+from drmime_pl.evaluation.synthetic import make_pair  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

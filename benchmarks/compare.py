@@ -8,8 +8,8 @@
 Groups (pairs with ground truth; rTRE per pair = median over its points of TRE / fixed-image diagonal):
   birl-multi  BIRL histology pairs of different stains with landmarks (samples/birl/pairs.csv, modality multi)
   birl-mono   BIRL artificial pairs (rigid, affine, elastic warps of one picture; modality mono)
-  syn-same    drmime_pl.synthetic pairs, modality ``same`` (+ noise), small/medium/large
-  syn-multi   drmime_pl.synthetic pairs, modalities ``inverted``, ``nonmonotonic``, ``channels``, all magnitudes
+  syn-same    drmime_pl.evaluation.synthetic pairs, modality ``same`` (+ noise), small/medium/large
+  syn-multi   drmime_pl.evaluation.synthetic pairs, modalities ``inverted``, ``nonmonotonic``, ``channels``, all magnitudes
   real-jiang  ../shared/data/real/jiang: 82 real multi-modal pairs in 17 categories, third-party landmarks
   real-srif   ../shared/data/real/srif: 120 real remote-sensing pairs in 6 categories, ground-truth affine grids
               (the real sets carry no licence: they are read from --real, never copied into the repository)
@@ -67,15 +67,15 @@ SYN_MAX_SIDE = 400
 
 # ------------------------------------------------------------------------------------------------- the pairs
 def _write_png(tensor, path: Path) -> None:
-    from drmime_pl.images import save_image_atomic
+    from drmime_pl.io.images import save_image_atomic
 
     save_image_atomic(tensor, path)
 
 
 def build_synthetic(cache: Path, sources, modalities, magnitudes, seeds, group: str, seed_base: int):
     """Make (or reuse) synthetic pairs; images as 8-bit PNG, ground truth in the manifest."""
-    from drmime_pl.images import read_image
-    from drmime_pl.synthetic import make_pair
+    from drmime_pl.io.images import read_image
+    from drmime_pl.evaluation.synthetic import make_pair
 
     entries = []
     images = {}
@@ -110,7 +110,8 @@ def build_synthetic(cache: Path, sources, modalities, magnitudes, seeds, group: 
 def build_birl():
     from PIL import Image
 
-    from drmime_pl.landmarks import pair_up, read_landmarks_csv
+    from drmime_pl.evaluation.datasets import pair_up
+    from drmime_pl.io.landmarks import read_landmarks_csv
 
     base = SAMPLES / "birl"
     entries = []
@@ -133,7 +134,7 @@ def build_real(root: Path):
     category. Missing sets are skipped with a note."""
     from PIL import Image
 
-    from drmime_pl.evaluate import read_pairs_csv, read_points
+    from drmime_pl.evaluation.datasets import read_pairs_csv, read_points
 
     entries = []
     for name in ("jiang", "srif"):
@@ -226,7 +227,7 @@ def _maxrss_mb() -> float:
 
 
 def rtre_of(matrix: np.ndarray, fixed_points, moving_points, fixed_hw) -> float:
-    """Median TRE / fixed diagonal (same as drmime_pl.landmarks.tre + tre_summary, without importing torch)."""
+    """Median TRE / fixed diagonal (same as drmime_pl.evaluation.metrics.tre + tre_summary, without importing torch)."""
     p = np.c_[np.asarray(fixed_points, dtype=np.float64), np.ones(len(fixed_points))] @ np.asarray(matrix).T
     d = np.linalg.norm(p[:, :2] / p[:, 2:] - np.asarray(moving_points, dtype=np.float64), axis=1)
     return float(np.median(d) / math.hypot(*fixed_hw))
@@ -430,8 +431,8 @@ def run_measured(cmd, env=None):
 
 
 def measure_extras(threads: int, fire: bool) -> dict:
-    from drmime_pl.images import read_image
-    from drmime_pl.synthetic import make_pair
+    from drmime_pl.io.images import read_image
+    from drmime_pl.evaluation.synthetic import make_pair
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     extras = {}

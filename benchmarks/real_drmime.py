@@ -31,7 +31,7 @@ COLUMNS = ["method", "group", "pair", "source", "modality", "magnitude", "fixed_
 
 
 def pairs(root: Path, sets, only: str):
-    from drmime_pl.evaluate import read_pairs_csv
+    from drmime_pl.evaluation.datasets import read_pairs_csv
 
     out = []
     for name in sets:
@@ -48,8 +48,9 @@ def register_one(job):
 
     torch.set_num_threads(1)
     import drmime_pl
-    from drmime_pl.evaluate import image_size, read_points
-    from drmime_pl.landmarks import image_diagonal, tre
+    from drmime_pl.evaluation.datasets import read_points
+    from drmime_pl.evaluation.sources import image_size
+    from drmime_pl.evaluation.metrics import image_diagonal, tre
 
     fixed_pts, moving_pts = read_points(pair)
     row = {"method": "drmime", "group": f"real-{name}", "pair": f"{name}-{pair.name}", "source": name,

@@ -19,7 +19,7 @@ import torch
 
 import drmime_pl
 from drmime_pl.config import load_config
-from drmime_pl.images import read_image
+from drmime_pl.io.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 BIRL = ROOT / "samples" / "birl"
@@ -43,7 +43,7 @@ def register(config, fixed, moving, extra=()):
     cfg = load_config(str(ROOT / config) if config else None, overrides)
     if fixed is None:
         fixed, moving = ROOT / cfg.data.fixed, ROOT / cfg.data.moving
-    from drmime_pl.fit import fit
+    from drmime_pl.training.fit import fit
 
     start = time.perf_counter()
     reg = fit(cfg, fixed=str(fixed), moving=str(moving)) if isinstance(fixed, Path) else fit(cfg, fixed=fixed, moving=moving)

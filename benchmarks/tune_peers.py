@@ -2,7 +2,7 @@
 
     python benchmarks/tune_peers.py [--method sitk|ecc] [--out benchmarks/results/tuning_sitk.csv]
 
-The tuning pairs are drmime_pl.synthetic pairs made with *other seeds* than the benchmark's (seed base 900, the
+The tuning pairs are drmime_pl.evaluation.synthetic pairs made with *other seeds* than the benchmark's (seed base 900, the
 benchmark uses 100), from two of the source images, modalities same / channels / nonmonotonic, all magnitudes; the
 BIRL pairs are not used for tuning (there are only two real multi-stain pairs; tuning on them would be fitting the
 test). Each configuration is scored by success rate at rTRE <= 0.5% and 1%, median rTRE and median seconds.

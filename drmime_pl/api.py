@@ -1,14 +1,13 @@
 """Python API: ``register`` and ``warp``."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
-
-import numpy as np
-import torch
+from typing import Optional, Sequence
 
 from .config import load_config
-from .geometry import warp_image
-from .images import ImageLike, load_image
+from .io.images import ImageLike
+from .io.result import warp
+
+__all__ = ["register", "warp"]
 
 
 def register(
@@ -22,7 +21,7 @@ def register(
     log: bool = False,
     **settings,
 ):
-    """Register ``moving`` to ``fixed`` and return a :class:`~drmime_pl.result.Registration`.
+    """Register ``moving`` to ``fixed`` and return a :class:`~drmime_pl.io.result.Registration`.
 
     Args:
         fixed, moving: image paths, numpy arrays (``H x W`` or ``H x W x C``) or tensors (``C x H x W``).
@@ -50,25 +49,6 @@ def register(
     items += list(overrides)
     items += [f"{key.replace('__', '.')}={value}" for key, value in settings.items()]
     cfg = load_config(config, items)
-    from .fit import fit
+    from .training.fit import fit
 
     return fit(cfg, fixed=fixed, moving=moving, fixed_mask=fixed_mask)
-
-
-def warp(moving: ImageLike, matrix, fixed_shape: Sequence[int]) -> Union[np.ndarray, torch.Tensor]:
-    """Resample ``moving`` onto a fixed-image grid of ``fixed_shape = (H, W)``.
-
-    ``out[y, x] = moving(matrix @ (x, y, 1))``, bilinear, zero outside the moving image; ``matrix`` is
-    ``moving_pix_trans_fixed_pix`` as in ``Registration.matrix``.
-
-    Returns:
-        For a tensor input, a ``C x H x W`` float tensor; otherwise an ``H x W`` or ``H x W x C`` float numpy array
-        in [0, 1] (the input's intensities, scaled as :func:`drmime_pl.images.load_image` scales them).
-    """
-    as_tensor = isinstance(moving, torch.Tensor)
-    image = load_image(moving, name="moving image")
-    out = warp_image(image, torch.as_tensor(np.asarray(matrix), dtype=torch.float64), fixed_shape[:2])
-    if as_tensor:
-        return out
-    array = out.permute(1, 2, 0).numpy()
-    return array[..., 0] if array.shape[-1] == 1 else array

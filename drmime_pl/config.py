@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
-from .geometry import TRANSFORM_DOFS
+from .core.geometry import TRANSFORM_DOFS
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Typed errors for users' mistakes and for registrations that cannot succeed.
 
 Every message is one line that names the file or setting and says what is wrong. The command line prints it and
-exits with status 2 (see :mod:`drmime_pl.fit`); the Python API raises it.
+exits with status 2 (see :mod:`drmime_pl.cli`); the Python API raises it.
 """
 
 
@@ -27,3 +27,13 @@ class RegistrationError(DrmimeError, RuntimeError):
 
 class TransformFileError(DrmimeError, ValueError):
     """A saved transform (``transform.json``, ``.tfm``) is missing, unreadable or does not fit the images."""
+
+
+class UsageError(DrmimeError):
+    """Bad command line or unusable input list (``drmime_pl.evaluate``): reported in one line, exit status 2."""
+
+
+class RegistrationInterrupted(DrmimeError):
+    """Ctrl-C, SIGTERM or SIGHUP (``signum``) stopped the run after a step; a checkpoint was saved to resume from."""
+
+    signum = 2  # SIGINT

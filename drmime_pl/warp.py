@@ -1,4 +1,4 @@
-"""``python -m drmime_pl.warp``: apply a saved transform (see :mod:`drmime_pl.warp_cli`).
+"""``python -m drmime_pl.warp``: apply a saved transform (the command line is :func:`drmime_pl.cli.warp_main`).
 
 ``drmime_pl.warp`` is also the API function ``warp(moving, matrix, fixed_shape)``. Importing this submodule
 (``import drmime_pl.warp``) makes Python bind the package attribute ``drmime_pl.warp`` to this module, so the module
@@ -10,7 +10,7 @@ import sys
 import types
 
 from .api import warp as _api_warp
-from .warp_cli import main  # noqa: F401
+from .cli import warp_main as main  # noqa: F401
 
 
 class _CallableModule(types.ModuleType):

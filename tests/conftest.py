@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from drmime_pl.pyramid import gaussian_blur, min_max_normalise
+from drmime_pl.core.pyramid import gaussian_blur, min_max_normalise
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -59,7 +59,7 @@ def write_png(path: Path, image: torch.Tensor) -> Path:
 def write_shifted_pair(folder: Path, seed: int, dx: float, dy: float):
     """``fixed.png`` and ``moving.png`` in ``folder``: a 128 px texture (moving) and its copy shifted so that the true
     matrix (fixed px -> moving px) is a translation by ``(dx, dy)``. Returns their paths."""
-    from drmime_pl.geometry import warp_image
+    from drmime_pl.core.geometry import warp_image
 
     moving = textured_image(128, seed=seed)
     fixed = warp_image(moving, torch.tensor([[1, 0, dx], [0, 1, dy], [0, 0, 1]], dtype=torch.float64), (128, 128))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from drmime_pl.geometry import transform_points
-from drmime_pl.result import Registration
+from drmime_pl.core.geometry import transform_points
+from drmime_pl.io.result import Registration
 
 REPO = Path(__file__).resolve().parents[1]
 

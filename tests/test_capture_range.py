@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import drmime_pl
-from drmime_pl.geometry import generator_basis, matrix_from_coefficients, mean_corner_error, warp_image
-from drmime_pl.search import Candidate
+from drmime_pl.core.geometry import generator_basis, matrix_from_coefficients, mean_corner_error, warp_image
+from drmime_pl.core.search import Candidate
 
 from .conftest import FAST, SAMPLES, nonmonotonic, textured_image
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from drmime_pl.geometry import warp_image
-from drmime_pl.images import read_image
-from drmime_pl.pyramid import auto_foreground, gaussian_blur
+from drmime_pl.core.geometry import warp_image
+from drmime_pl.io.images import read_image
+from drmime_pl.core.pyramid import auto_foreground, gaussian_blur
 
 from .conftest import REPO
 

@@ -1,9 +1,10 @@
 """The pixel sampler: deterministic per step, respects weights, level-invariant coordinates."""
 import torch
 
-from drmime_pl.datamodule import PixelBatchSampler, sampling_weights
-from drmime_pl.geometry import grid_trans_norm, transform_points
-from drmime_pl.pyramid import gaussian_pyramid
+from drmime_pl.core.pyramid import sampling_weights
+from drmime_pl.training.datamodule import PixelBatchSampler
+from drmime_pl.core.geometry import frame_matrix, transform_points
+from drmime_pl.core.pyramid import gaussian_pyramid
 
 
 def make_sampler(weights=None, seed=0, levels=3):
@@ -33,7 +34,7 @@ def test_zero_weight_pixels_are_never_sampled_and_values_match_coordinates():
     s = PixelBatchSampler(pyr, [mask0, graded], (64, 96), 48.0, 512, 0)
     batch = s.batch(0)
     # normalised -> grid -> level pixel, then check the sampled value is the pixel's value
-    grid_trans_norm_ = grid_trans_norm((64, 96), 48.0)
+    grid_trans_norm_ = frame_matrix((64, 96), "norm", "grid", 48.0)
     for level, img_l in enumerate(pyr):
         h, w = img_l.shape[-2:]
         grid = transform_points(grid_trans_norm_.float(), batch["fixed_norm"][level])

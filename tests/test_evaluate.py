@@ -16,6 +16,7 @@ from PIL import Image
 
 from drmime_pl import evaluate
 from drmime_pl.evaluate import auc, auc_steps, main, success_curve
+from drmime_pl.evaluation import datasets, sources
 
 REPO = Path(__file__).resolve().parents[1]
 BIRL = REPO / "samples" / "birl"
@@ -221,11 +222,11 @@ def test_failed_pairs_are_reported_and_the_others_scored(tmp_path, capsys):
 
 
 def test_fire_discovery_and_categories(fire_dir):
-    pairs = evaluate.discover_fire(fire_dir)
+    pairs = datasets.discover_fire(fire_dir)
     assert [(p.name, p.group) for p in pairs] == [("A01", "A"), ("P01", "P"), ("S01", "S")]
     assert pairs[0].fixed_image == fire_dir / "Images" / "A01_1.jpg"
     assert pairs[0].moving_image == fire_dir / "Images" / "A01_2.jpg"
-    assert [p.name for p in evaluate.select_pairs(pairs, ["S*", "A*"], ["A01"])] == ["S01"]
+    assert [p.name for p in datasets.select_pairs(pairs, ["S*", "A*"], ["A01"])] == ["S01"]
 
 
 def test_fire_success_rates_and_auc_with_known_errors(fire_dir, tmp_path):
@@ -292,12 +293,12 @@ def test_fire_registers_end_to_end_and_rescoring_matches(fire_dir, tmp_path, cap
 
 @pytest.mark.parametrize("interrupt", ["keyboard", "registration"])
 def test_interrupt_writes_the_pairs_done_and_exits_130(fire_dir, tmp_path, monkeypatch, capsys, interrupt):
-    from drmime_pl.fit import RegistrationInterrupted
+    from drmime_pl.errors import RegistrationInterrupted
 
     transforms = tmp_path / "transforms"
     for name in TRUE:
         write_transform(transforms, name, TRUE[name], (SIZE, SIZE))
-    real = evaluate.transform_from_dir
+    real = sources.transform_from_dir
 
     def stop_at_p01(folder):
         get = real(folder)
@@ -309,7 +310,7 @@ def test_interrupt_writes_the_pairs_done_and_exits_130(fire_dir, tmp_path, monke
 
         return wrapped
 
-    monkeypatch.setattr(evaluate, "transform_from_dir", stop_at_p01)
+    monkeypatch.setattr(sources, "transform_from_dir", stop_at_p01)
     out = tmp_path / "out"
     assert main(["--fire", str(fire_dir), "--transforms", str(transforms), "--out", str(out)]) == 130
     assert list(read_pairs(out)) == ["A01"]

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from drmime_pl.errors import TransformFileError
-from drmime_pl.export_itk import Geometry, parse_tfm, physical_matrix, tfm_text
-from drmime_pl.images import read_image
-from drmime_pl.result import Registration, write_outputs
-from drmime_pl.transform_io import load_initial_matrix
+from drmime_pl.io.export_itk import Geometry, parse_tfm, physical_matrix, tfm_text
+from drmime_pl.io.images import read_image
+from drmime_pl.io.result import Registration, write_outputs
+from drmime_pl.io.transform_io import load_initial_matrix
 
 from .io_helpers import AFFINE, PERSPECTIVE, REPO, inside_mask, known_registration, pattern, run_warp_cli
 
@@ -206,8 +206,8 @@ def test_tfm_parsing_and_initial_matrix(tmp_path):
 def test_init_matrix_starts_from_the_saved_transform(tmp_path):
     """prepare_pair with init_matrix: the initial coefficients reproduce the saved matrix, and no search runs."""
     from drmime_pl.config import load_config
-    from drmime_pl.geometry import generator_basis, matrix_from_coefficients, pixel_matrix_from_normalised
-    from drmime_pl.prepare import prepare_pair
+    from drmime_pl.core.geometry import generator_basis, matrix_from_coefficients, pixel_matrix_from_normalised
+    from drmime_pl.training.prepare import prepare_pair
 
     fixed_path, moving_path = tmp_path / "f.png", tmp_path / "m.png"
     Image.fromarray(np.rint(pattern(*FIXED_HW, phase=1.0)).astype(np.uint8)).save(fixed_path)

@@ -10,8 +10,9 @@ import pytorch_lightning as pl
 import torch
 
 from drmime_pl.config import load_config
-from drmime_pl.fit import RegistrationInterrupted, fit
-from drmime_pl.geometry import mean_corner_error, warp_image
+from drmime_pl.errors import RegistrationInterrupted
+from drmime_pl.training.fit import fit
+from drmime_pl.core.geometry import mean_corner_error, warp_image
 
 from .conftest import nonmonotonic, textured_image, write_png
 

@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from drmime_pl.geometry import (
+from drmime_pl.core.geometry import (
     TRANSFORM_DOFS,
     coefficients_from_matrix,
     generator_basis,
-    grid_trans_norm,
+    frame_matrix,
     matrix_from_coefficients,
     normalised_matrix_from_pixel,
-    pix_trans_grid,
     pixel_matrix_from_normalised,
     transform_points,
     warp_image,
@@ -120,11 +119,11 @@ def test_identity_maps_centre_to_centre_for_different_sizes():
 def test_grid_frame_matches_grid_sample_convention():
     hw = (4, 6)
     # pixel (0, 0) centre is at grid (-1 + 1/W, -1 + 1/H) with align_corners=False
-    grid_trans_pix = torch.linalg.inv(pix_trans_grid(hw))
+    grid_trans_pix = frame_matrix(hw, "pix", "grid")
     p = transform_points(grid_trans_pix, torch.tensor([[0.0, 0.0], [5.0, 3.0]], dtype=torch.float64))
     assert torch.allclose(p, torch.tensor([[-1 + 1 / 6, -1 + 1 / 4], [1 - 1 / 6, 1 - 1 / 4]], dtype=torch.float64))
     # normalised -> grid: one unit is `scale` pixels
-    g = grid_trans_norm(hw, scale=3.0)
+    g = frame_matrix(hw, "norm", "grid", scale=3.0)
     assert torch.allclose(g.diagonal(), torch.tensor([1.0, 1.5, 1.0], dtype=torch.float64))
 
 
@@ -147,7 +146,7 @@ def test_warp_rotation_matches_numpy_rot90_and_output_size():
 
 
 def test_level_matrices_fine_only_on_level0():
-    from drmime_pl.transforms import MatrixExpTransform
+    from drmime_pl.core.transforms import MatrixExpTransform
 
     t = MatrixExpTransform("affine")
     with torch.no_grad():

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 import drmime_pl
-from drmime_pl.checks import degeneracy
+from drmime_pl.core.checks import degeneracy
 from drmime_pl.errors import CheckpointError, ConfigError, ImageError, RegistrationError
-from drmime_pl.geometry import warp_image
+from drmime_pl.core.geometry import warp_image
 
 from .conftest import REPO, textured_image, write_png
 
@@ -167,7 +167,7 @@ def test_16bit_image_registers(files, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ faults
 def test_outputs_are_atomic(files, tmp_path, monkeypatch):
-    import drmime_pl.images as images
+    import drmime_pl.io.images as images
 
     def crash(image, path):
         Path(path).with_name(f".{Path(path).name}.tmp").write_bytes(b"half")  # a half-written temporary
@@ -182,7 +182,7 @@ def test_outputs_are_atomic(files, tmp_path, monkeypatch):
 
 
 def test_save_image_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
-    from drmime_pl.images import save_image_atomic
+    from drmime_pl.io.images import save_image_atomic
 
     def broken_save(self, fp, *args, **kwargs):
         Path(fp).write_bytes(b"\x89PNG partial")
@@ -195,7 +195,7 @@ def test_save_image_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_transform(files, tmp_path, monkeypatch):
-    from drmime_pl.module import DrmimeModule
+    from drmime_pl.training.module import DrmimeModule
 
     original = DrmimeModule.mutual_information
 

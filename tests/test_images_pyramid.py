@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from drmime_pl.errors import ImageError
-from drmime_pl.images import load_image, luminance, read_image, select_channels
-from drmime_pl.pyramid import auto_foreground, gaussian_pyramid, max_levels
+from drmime_pl.core.channels import luminance, select_channels
+from drmime_pl.io.images import load_image, read_image
+from drmime_pl.core.pyramid import auto_foreground, gaussian_pyramid, max_levels
 
 
 def test_read_8bit_rgb_png_and_jpeg(tmp_path):

@@ -4,9 +4,9 @@ import math
 import torch
 
 from drmime_pl.config import load_config
-from drmime_pl.geometry import pixel_matrix_from_normalised, generator_basis, matrix_from_coefficients, transform_points
-from drmime_pl.init import moments_init
-from drmime_pl.prepare import prepare_pair
+from drmime_pl.core.geometry import pixel_matrix_from_normalised, generator_basis, matrix_from_coefficients, transform_points
+from drmime_pl.core.init import moments_init
+from drmime_pl.training.prepare import prepare_pair
 
 from .conftest import textured_image
 
@@ -40,7 +40,7 @@ def test_moments_init_is_identity_without_background():
 def test_search_init_finds_a_rotation_that_moments_miss():
     # A textured square rotated by 30 degrees inside a white frame: moments see the same centroid and area, so only
     # the NMI search can find the rotation.
-    from drmime_pl.geometry import warp_image
+    from drmime_pl.core.geometry import warp_image
 
     tex = textured_image(96, seed=2)
     fixed = torch.ones(1, 192, 192)

@@ -42,31 +42,31 @@ def bytes_per_pixel(setup: str, body: str) -> float:
 
 def test_gaussian_pyramid_needs_little_more_than_its_levels():
     # conv2d on the CPU unfolded the image (~77 bytes per pixel for sigma 1); the pyramid itself is ~5.3 bytes.
-    used = bytes_per_pixel("from drmime_pl.pyramid import gaussian_pyramid", "y = gaussian_pyramid(x, 6, 1.0)")
+    used = bytes_per_pixel("from drmime_pl.core.pyramid import gaussian_pyramid", "y = gaussian_pyramid(x, 6, 1.0)")
     assert used < 24, f"gaussian_pyramid peaked at {used:.1f} bytes per pixel"
 
 
 def test_sampler_tables_are_compact():
-    used = bytes_per_pixel("from drmime_pl.datamodule import PixelBatchSampler\nm = torch.ones(n, n, dtype=torch.bool)",
+    used = bytes_per_pixel("from drmime_pl.training.datamodule import PixelBatchSampler\nm = torch.ones(n, n, dtype=torch.bool)",
                            "s = PixelBatchSampler([x], [m], (n, n), n / 2, 64, 0)")
     assert used < 12, f"the sampler peaked at {used:.1f} bytes per pixel"
 
 
 def test_warp_by_row_blocks_is_exact_and_small(monkeypatch):
-    import drmime_pl.geometry as geometry
+    import drmime_pl.core.geometry as geometry
 
     moving = torch.rand(2, 61, 47)
     matrix = torch.tensor([[0.9, 0.1, 3.0], [-0.05, 1.1, -2.0], [1e-4, 2e-4, 1.0]], dtype=torch.float64)
     whole = geometry.warp_image(moving, matrix, (53, 71))
     monkeypatch.setattr(geometry, "_WARP_BLOCK_PIXELS", 100)  # 1 row at a time
     assert torch.equal(geometry.warp_image(moving, matrix, (53, 71)), whole)
-    used = bytes_per_pixel("from drmime_pl.geometry import warp_image",
+    used = bytes_per_pixel("from drmime_pl.core.geometry import warp_image",
                            "y = warp_image(x, torch.eye(3, dtype=torch.float64), (n, n))")
     assert used < 12, f"warp_image peaked at {used:.1f} bytes per pixel"
 
 
 def test_sampler_draws_the_same_pixels_from_bool_masks_and_float_weights():
-    from drmime_pl.datamodule import PixelBatchSampler
+    from drmime_pl.training.datamodule import PixelBatchSampler
 
     g = torch.Generator().manual_seed(0)
     image = torch.rand(1, 40, 30, generator=g)
@@ -79,7 +79,7 @@ def test_sampler_draws_the_same_pixels_from_bool_masks_and_float_weights():
 def test_warp_array_needs_little_more_than_its_input_and_output():
     # The full-size float64 sampling grid and float copies of the output cost ~60 bytes per pixel; by blocks of rows
     # an 8-bit image needs its float32 copy (4 bytes) and the 8-bit output (1 byte).
-    used = bytes_per_pixel("import numpy as np\nfrom drmime_pl.warp_cli import warp_array\n"
+    used = bytes_per_pixel("import numpy as np\nfrom drmime_pl.core.resample import warp_array\n"
                            "a = (x[0].numpy() * 255).astype(np.uint8)\ndel x",
                            "y = warp_array(a, 'YX', np.eye(3), (n, n))")
     assert used < 12, f"warp_array peaked at {used:.1f} bytes per pixel"

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from drmime_pl.mine import (
+from drmime_pl.core.mine import (
     MineNetwork,
     bias_corrected_surrogate,
     donsker_varadhan,

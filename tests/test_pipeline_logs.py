@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from drmime_pl.progress import format_seconds, plain_every
+from drmime_pl.training.progress import format_seconds, plain_every
 
 from .conftest import REPO, nonmonotonic, textured_image, write_png
 
@@ -133,7 +133,7 @@ def test_helpers():
 
 
 def test_registration_without_wall_seconds_still_constructs():
-    from drmime_pl.result import Registration
+    from drmime_pl.io.result import Registration
 
     import numpy as np
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import drmime_pl
-from drmime_pl.geometry import (
+from drmime_pl.core.geometry import (
     generator_basis,
     matrix_from_coefficients,
     mean_corner_error,
@@ -14,8 +14,10 @@ from drmime_pl.geometry import (
     pixel_matrix_from_normalised,
     warp_image,
 )
-from drmime_pl.landmarks import pair_up, read_landmarks_csv, tre
-from drmime_pl.pyramid import gaussian_pyramid
+from drmime_pl.evaluation.datasets import pair_up
+from drmime_pl.evaluation.metrics import tre
+from drmime_pl.io.landmarks import read_landmarks_csv
+from drmime_pl.core.pyramid import gaussian_pyramid
 
 from .conftest import FAST, nonmonotonic, rat_kidney_paths, textured_image
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 import drmime_pl
 from drmime_pl.errors import CheckpointError, ConfigError, ImageError
-from drmime_pl.images import read_image
+from drmime_pl.io.images import read_image
 
 from .conftest import REPO, textured_image, write_png, write_shifted_pair
 
@@ -86,7 +86,7 @@ def test_crafted_checkpoint_runs_no_code_cli(pair, tmp_path):
 
 
 def test_lightning_resume_loads_weights_only(tmp_path):
-    from drmime_pl.checkpoint_io import AtomicCheckpointIO
+    from drmime_pl.training.checkpoint_io import AtomicCheckpointIO
 
     ckpt, marker = _crafted_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="refused"):
@@ -99,7 +99,7 @@ def test_lightning_resume_loads_weights_only(tmp_path):
 def test_weights_only_warning_is_not_silenced():
     import inspect
 
-    from drmime_pl import fit as fit_module
+    from drmime_pl.training import fit as fit_module
 
     assert "weights_only" not in inspect.getsource(fit_module._quiet_lightning)
 
@@ -175,7 +175,7 @@ def test_32bit_tiff_is_not_clipped(tmp_path, dtype):
 
 
 def test_int32_array_scaled_by_its_range():
-    from drmime_pl.images import to_image_tensor
+    from drmime_pl.io.images import to_image_tensor
 
     t = to_image_tensor(np.array([[-5, 0], [70000, 100000]], dtype=np.int32))
     assert torch.allclose(t[0], torch.tensor([[0.0, 5 / 100005], [70005 / 100005, 1.0]]))
@@ -262,7 +262,7 @@ def test_unusable_folder_found_before_the_images(case, pair, tmp_path):
 
 
 def test_unwritable_folder_is_a_config_error(pair, tmp_path, monkeypatch):
-    import drmime_pl.rundir as rundir
+    import drmime_pl.io.rundir as rundir
 
     monkeypatch.setattr(rundir.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
     (tmp_path / "ro").mkdir()

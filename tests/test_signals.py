@@ -135,7 +135,7 @@ def test_evaluate_sigterm_reports_pairs_done_and_exits_143(pair, tmp_path):
 
 # ------------------------------------------------------------------------------------ 4. concurrent run folders
 def test_concurrent_claims_get_distinct_folders(tmp_path):
-    from drmime_pl.rundir import claim_run_dir
+    from drmime_pl.io.rundir import claim_run_dir
 
     barrier = threading.Barrier(12)
     versions = []
@@ -168,7 +168,7 @@ def test_two_runs_started_at_once_write_two_results(pair, tmp_path):
 
 # ----------------------------------------------------------------------------------- 7. evaluate resumes
 def test_evaluate_skips_pairs_done_and_redo_registers_again(pair, tmp_path, monkeypatch, capsys):
-    import drmime_pl.fit as fit_module
+    import drmime_pl.training.fit as fit_module
     from drmime_pl.evaluate import main
 
     pairs = _pairs_csv(tmp_path, pair)

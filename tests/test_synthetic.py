@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from drmime_pl.geometry import pix_trans_grid, sample_at_grid
-from drmime_pl.images import luminance
-from drmime_pl.landmarks import tre, tre_summary
-from drmime_pl.pyramid import gaussian_blur, min_max_normalise
-from drmime_pl.synthetic import MAGNITUDES, MODALITIES, decompose, make_pair, nonmonotonic_curve
+from drmime_pl.core.geometry import frame_matrix, sample_at_grid
+from drmime_pl.core.channels import luminance
+from drmime_pl.evaluation.metrics import tre, tre_summary
+from drmime_pl.core.pyramid import gaussian_blur, min_max_normalise
+from drmime_pl.evaluation.synthetic import MAGNITUDES, MODALITIES, decompose, make_pair, nonmonotonic_curve
 
 
 def smooth_rgb(h: int = 120, w: int = 160, seed: int = 0) -> torch.Tensor:
@@ -27,7 +27,7 @@ def smooth_rgb(h: int = 120, w: int = 160, seed: int = 0) -> torch.Tensor:
 
 def sample_pixels(image: torch.Tensor, points: np.ndarray) -> torch.Tensor:
     """Bilinear samples of ``image`` at pixel points (x, y). ``N x C``."""
-    grid = torch.from_numpy(np.c_[points, np.ones(len(points))]) @ torch.linalg.inv(pix_trans_grid(image.shape[-2:])).T
+    grid = torch.from_numpy(np.c_[points, np.ones(len(points))]) @ frame_matrix(image.shape[-2:], "pix", "grid").T
     return sample_at_grid(image.double(), grid[:, :2])
 
 

@@ -6,9 +6,9 @@ import pytest
 
 import drmime_pl
 from drmime_pl.errors import ImageError
-from drmime_pl.images import read_image
-from drmime_pl.io_tiff import read_tiff
-from drmime_pl.warp_cli import warp_array
+from drmime_pl.io.images import read_image
+from drmime_pl.io.io_tiff import read_tiff
+from drmime_pl.core.resample import warp_array
 
 from .io_helpers import pattern
 
@@ -67,7 +67,7 @@ def test_layouts_and_channel_index(tmp_path):
     tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, metadata={"axes": "ZCYX"})
     t = read_image(tmp_path / "ij.tif")
     assert t.shape == (5,) + HW and abs(float(t[4, 0, 0]) - 4 / 255) < 1e-6
-    from drmime_pl.images import select_channels
+    from drmime_pl.core.channels import select_channels
 
     f, m = select_channels(t, t, "4")  # an index past 2
     assert f.shape == (1,) + HW and abs(float(f[0, 0, 0]) - 4 / 255) < 1e-6

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drmime_pl.warp_cli import main, read_native, warp_array
+from drmime_pl.core.resample import warp_array
+from drmime_pl.io.native import read_native
+from drmime_pl.warp import main
 
 from .io_helpers import AFFINE, PERSPECTIVE, REPO, inside_mask, pattern, run_warp_cli
 
@@ -47,7 +49,7 @@ def test_dtype_channels_and_stack_kept(tmp_path, transform):
     tifffile = pytest.importorskip("tifffile")
     # uint16 RGB PNG (16-bit colour) -> 16-bit PNG
     rgb16 = np.stack([np.rint(pattern(*MOVING_HW, 65535, p)).astype(np.uint16) for p in (0, 1, 2)], -1)
-    from drmime_pl.warp_cli import _png16_bytes
+    from drmime_pl.io.native import _png16_bytes
 
     (tmp_path / "m16.png").write_bytes(_png16_bytes(rgb16))
     assert main(["-t", str(transform), "--moving", str(tmp_path / "m16.png"), "--out", str(tmp_path / "o16.png")]) == 0
@@ -88,7 +90,7 @@ def test_points_both_ways(tmp_path, transform):
     assert r.returncode == 0, r.stderr
     assert main(["-t", str(transform), "--points", str(tmp_path / "m.csv"), "--to", "fixed",
                  "--out", str(tmp_path / "back.csv")]) == 0
-    from drmime_pl.landmarks import read_landmarks_csv
+    from drmime_pl.io.landmarks import read_landmarks_csv
 
     moved = read_landmarks_csv(tmp_path / "m.csv")
     den = PERSPECTIVE[2, 0] * 10 + PERSPECTIVE[2, 1] * 20 + 1
@@ -133,7 +135,7 @@ def test_affine_warp_matches_geometry_warp():
     """warp_array is the same arithmetic as the registration's own warp (geometry.warp_image)."""
     import torch
 
-    from drmime_pl.geometry import warp_image
+    from drmime_pl.core.geometry import warp_image
 
     img = pattern(*MOVING_HW, 1.0).astype(np.float32)
     a = warp_array(img, "YX", AFFINE, FIXED_HW)
@@ -143,7 +145,7 @@ def test_affine_warp_matches_geometry_warp():
 
 def test_native_read_follows_the_orientation_tag(tmp_path):
     """warp reads pixels turned as registration reads them (EXIF orientation), so the matrix applies to both."""
-    from drmime_pl.images import read_image
+    from drmime_pl.io.images import read_image
 
     a = np.rint(pattern(30, 50)).astype(np.uint8)
     for orientation in (3, 6):
@@ -161,16 +163,16 @@ def test_native_read_follows_the_orientation_tag(tmp_path):
 def test_warp_array_by_row_blocks_is_exact(monkeypatch, dtype, order, fill):
     """Memory: warp_array samples blocks of rows (issue 7); the result equals the unblocked one bit for bit, for a
     stack of more planes than are warped at once (8), each dtype, interpolation and fill."""
-    import drmime_pl.warp_cli as warp_cli
+    import drmime_pl.core.resample as resample
 
     stack = np.stack([pattern(*MOVING_HW, 1000.0, p) for p in range(11)])  # 11 x H x W
     stack = stack > 500 if dtype == np.bool_ else stack.astype(dtype)
-    monkeypatch.setattr(warp_cli, "_WARP_BLOCK_PIXELS", 1 << 40)  # the whole output grid at once
-    whole = warp_cli.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill)
-    monkeypatch.setattr(warp_cli, "_WARP_BLOCK_PIXELS", 7 * FIXED_HW[1] + 5)  # 7 rows, the last block shorter
-    blocked = warp_cli.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill)
+    monkeypatch.setattr(resample, "_WARP_BLOCK_PIXELS", 1 << 40)  # the whole output grid at once
+    whole = resample.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill)
+    monkeypatch.setattr(resample, "_WARP_BLOCK_PIXELS", 7 * FIXED_HW[1] + 5)  # 7 rows, the last block shorter
+    blocked = resample.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill)
     assert blocked.dtype == whole.dtype == stack.dtype and blocked.shape == (11,) + FIXED_HW
     np.testing.assert_array_equal(blocked, whole)
-    monkeypatch.setattr(warp_cli, "_WARP_BLOCK_PIXELS", 1)  # one row at a time
-    np.testing.assert_array_equal(warp_cli.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill),
+    monkeypatch.setattr(resample, "_WARP_BLOCK_PIXELS", 1)  # one row at a time
+    np.testing.assert_array_equal(resample.warp_array(stack, "ZYX", PERSPECTIVE, FIXED_HW, order=order, fill=fill),
                                   whole)

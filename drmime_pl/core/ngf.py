@@ -1,0 +1,168 @@
+"""Normalised gradient fields (NGF): how well two images' edges line up, whatever their intensities mean.
+
+``NGF = mean over the overlap of (n_F . n_M)^2`` with ``n = grad / sqrt(|grad|^2 + eps^2)`` (Haber and
+Modersitzki, 2006): the squared cosine between the edge directions of the fixed image and of the warped moving
+image, blind to contrast inversion and to any intensity mapping. Multi-modal pairs share their edges far more
+reliably than a coarse joint histogram, which is why the initial search (:mod:`drmime_pl.core.search`) and the verdict
+(:mod:`drmime_pl.core.quality`) use it. MINE remains the objective of the optimisation.
+
+Images here are small (a ~32-256 px :class:`Level`), so each function scores many candidate transforms at once.
+
+Convention: matrices are ``moving_norm_trans_fixed_norm`` (normalised frames of :mod:`drmime_pl.core.geometry`),
+float64 ``N x 3 x 3``; points are (x, y).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import frame_matrix
+
+
+def gradient_features(gray: torch.Tensor, valid: torch.Tensor, eps_rel: float = 0.2) -> torch.Tensor:
+    """Features ``(nx^2, sqrt(2) nx ny, ny^2)`` of ``... x h x w`` images: ``... x 3 x h x w``.
+
+    Their dot product is ``(n_F . n_M)^2``. ``eps = eps_rel`` times the mean gradient magnitude, so noise-level
+    gradients count little. Gradients next to invalid pixels (``valid < 1``) are zero: the edge of the valid region
+    (padding, a rotated image's black corners) is not an edge of the image.
+    """
+    gx = torch.zeros_like(gray)
+    gy = torch.zeros_like(gray)
+    gx[..., :, 1:-1] = (gray[..., :, 2:] - gray[..., :, :-2]) * 0.5
+    gy[..., 1:-1, :] = (gray[..., 2:, :] - gray[..., :-2, :]) * 0.5
+    inner = valid >= 0.999
+    ok = inner.clone()
+    ok[..., :, 1:-1] &= inner[..., :, 2:] & inner[..., :, :-2]
+    ok[..., 1:-1, :] &= inner[..., 2:, :] & inner[..., :-2, :]
+    ok[..., :, [0, -1]] = False
+    ok[..., [0, -1], :] = False
+    magnitude2 = gx * gx + gy * gy
+    dims = (-2, -1)
+    mean = (magnitude2.sqrt() * ok).sum(dims, keepdim=True) / ok.sum(dims, keepdim=True).clamp_min(1)
+    norm = torch.sqrt(magnitude2 + (eps_rel * mean).clamp_min(1e-6) ** 2)
+    nx, ny = gx / norm * ok, gy / norm * ok
+    return torch.stack([nx * nx, math.sqrt(2.0) * nx * ny, ny * ny], -3)
+
+
+def ngf_all_shifts(fixed_features: torch.Tensor, fixed_mask: torch.Tensor, canvas_features: torch.Tensor,
+                   canvas_valid: torch.Tensor, min_count: float) -> torch.Tensor:
+    """NGF for every circular shift of the canvases, by FFT cross-correlation (index ``[dy, dx]``).
+
+    Args:
+        fixed_features: ``3 x P x Q`` (zero outside the mask and in the padding); fixed_mask: ``P x Q`` float.
+        canvas_features: ``N x 3 x P x Q``; canvas_valid: ``N x P x Q`` float.
+        min_count: shifts whose overlap has fewer pixels score ``-inf``.
+
+    Returns:
+        ``N x P x Q``: the mean of ``(n_F . n_M)^2`` over the overlap when canvas pixel ``x + t`` meets fixed pixel
+        ``x``.
+    """
+    p, q = fixed_mask.shape
+    f_hat = torch.fft.rfft2(torch.cat([fixed_features, fixed_mask[None]]))  # 4 x P x Q'
+    m_hat = torch.fft.rfft2(torch.cat([canvas_features, canvas_valid[:, None]], 1))  # N x 4 x P x Q'
+    # sum_x F(x) W(x + t) = irfft(conj(F^) W^); the three feature products are summed before the inverse FFT.
+    both = torch.stack([(f_hat[:3].conj()[None] * m_hat[:, :3]).sum(1), f_hat[3].conj()[None] * m_hat[:, 3]], 1)
+    agreement, count = torch.fft.irfft2(both, s=(p, q)).unbind(1)  # N x P x Q each
+    score = agreement / count.clamp_min(1.0)
+    return torch.where(count >= min_count, score, torch.full_like(score, float("-inf")))
+
+
+def gray(image: torch.Tensor) -> torch.Tensor:
+    """``C x h x w`` -> ``h x w``: the mean of the compared channels."""
+    return image.mean(0)
+
+
+def half_extent(hw: Sequence[int], scale: float):
+    """Half an image's width and height in normalised units: its edges are at ``+-`` these."""
+    return int(hw[1]) / 2.0 / scale, int(hw[0]) / 2.0 / scale
+
+
+@dataclass
+class Level:
+    """A fixed and a moving image at the same pixel size, small enough to score many transforms at once.
+
+    ``fixed``: ``C x h x w``; ``mask``: ``h x w`` bool (the pixels that count); ``moving``: ``C x h' x w'``;
+    ``valid``: ``h' x w'`` in [0, 1] (None: all valid); ``fixed_hw``, ``moving_hw``: full-resolution sizes;
+    ``scale``: pixels per normalised unit.
+    """
+
+    fixed: torch.Tensor
+    mask: torch.Tensor
+    moving: torch.Tensor
+    valid: Optional[torch.Tensor]
+    fixed_hw: tuple
+    moving_hw: tuple
+    scale: float
+
+    @classmethod
+    def from_pyramids(cls, fixed_pyramid, fixed_masks, moving_pyramid, moving_valid, fixed_hw, moving_hw,
+                      scale: float, size: int) -> "Level":
+        """The finest pyramid level whose long side is at most ``size`` (average-pooled further when even the
+        coarsest is larger). Both images use the same level index and pooling factor, so their pixels match."""
+        i = next((k for k, img in enumerate(fixed_pyramid) if max(img.shape[-2:]) <= size), len(fixed_pyramid) - 1)
+        i = min(i, len(moving_pyramid) - 1)
+        factor = max(1, int(math.ceil(max(fixed_pyramid[i].shape[-2:]) / size)))
+
+        def shrink(x: torch.Tensor) -> torch.Tensor:
+            if factor == 1:
+                return x.float()
+            y = x.float() if x.dim() == 3 else x.float()[None]
+            y = F.avg_pool2d(y[None], factor, ceil_mode=True)[0]
+            return y if x.dim() == 3 else y[0]
+
+        valid = None if moving_valid is None else shrink(moving_valid[i])
+        return cls(shrink(fixed_pyramid[i]), shrink(fixed_masks[i]) > 0.5, shrink(moving_pyramid[i]), valid,
+                   tuple(fixed_hw), tuple(moving_hw), float(scale))
+
+    def swapped(self) -> "Level":
+        """The same pair with the roles exchanged: the moving image (masked by its validity) becomes the fixed."""
+        valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid
+        return Level(self.moving, valid > 0.5, self.fixed, self.mask.float(), self.moving_hw, self.fixed_hw,
+                     self.scale)
+
+    def fixed_points(self) -> torch.Tensor:
+        """Centres of the fixed level's pixels in its normalised frame: ``h x w x 2`` float64."""
+        h, w = self.fixed.shape[-2:]
+        half_x, half_y = half_extent(self.fixed_hw, self.scale)
+        ys = (torch.arange(h, dtype=torch.float64) + 0.5) * 2 * half_y / h - half_y
+        xs = (torch.arange(w, dtype=torch.float64) + 0.5) * 2 * half_x / w - half_x
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([gx, gy], -1)
+
+    def warp_moving(self, points_norm: torch.Tensor) -> torch.Tensor:
+        """Gray moving level and its validity sampled (bilinear, zero outside) at moving-normalised points
+        ``N x h x w x 2``: ``N x 2 x h x w``."""
+        to_grid = frame_matrix(self.moving_hw, "norm", "grid", self.scale)[:2, :2].diagonal()
+        grid = (points_norm * to_grid).float()
+        valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid.float()
+        stack = torch.stack([gray(self.moving).float(), valid])[None].expand(grid.shape[0], -1, -1, -1)
+        return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def ngf(level: Level, matrices: torch.Tensor, min_overlap: float = 0.5) -> torch.Tensor:
+    """NGF of the fixed level and the moving level warped by each matrix (``N x 3 x 3``): ``N`` scores, ``-inf``
+    where less than ``min_overlap`` of the fixed mask lands on valid moving pixels."""
+    points = level.fixed_points()  # h x w x 2
+    h, w = points.shape[:2]
+    homogeneous = torch.cat([points, torch.ones(h, w, 1, dtype=torch.float64)], -1).reshape(-1, 3)
+    mapped = homogeneous[None] @ matrices.double().transpose(1, 2)  # N x hw x 3
+    warped = level.warp_moving((mapped[..., :2] / mapped[..., 2:3]).view(-1, h, w, 2))  # N x 2 x h x w
+    mask = level.mask.float()
+    fixed_features = gradient_features(gray(level.fixed), mask) * mask
+    moving_features = gradient_features(warped[:, 0], warped[:, 1])
+    agreement = (fixed_features[None] * moving_features).sum((1, 2, 3))
+    count = (mask * (warped[:, 1] > 0.5).float()).sum((1, 2))
+    score = agreement / count.clamp_min(1.0)
+    return torch.where(count >= min_overlap * mask.sum(), score, torch.full_like(score, float("-inf")))
+
+
+def symmetric_ngf(level: Level, matrices: torch.Tensor) -> torch.Tensor:
+    """The mean of NGF both ways: fixed vs warped moving, and moving vs fixed warped by the inverse. ``N``.
+
+    One way alone favours zooming into one image (fewer, smoother edges to disagree with); both ways cancel that.
+    """
+    return 0.5 * (ngf(level, matrices) + ngf(level.swapped(), torch.linalg.inv(matrices.double())))

@@ -1,0 +1,184 @@
+"""Gaussian pyramids and foreground masks.
+
+Level 0 is the full-resolution image; level l+1 is level l blurred by a Gaussian (``sigma`` pixels of level l) and
+resized by 1/2 *edge to edge* (``F.interpolate(..., align_corners=False)`` with an explicit size), so a point's
+grid-frame coordinate (see :mod:`drmime_pl.core.geometry`) is the same on every level.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .channels import luminance
+
+
+def max_levels(hw: Sequence[int], min_size: int = 32) -> int:
+    """Largest level count such that the coarsest level's short side keeps at least ``min_size`` pixels."""
+    short = min(int(hw[0]), int(hw[1]))
+    if short < min_size:
+        return 1
+    return 1 + int(math.floor(math.log2(short / min_size)))
+
+
+def gaussian_kernel1d(sigma: float, dtype=torch.float32) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a ``C x H x W`` image with reflect padding. Same shape out."""
+    if sigma <= 0:
+        return image
+    k = gaussian_kernel1d(sigma, torch.float64).tolist()
+    r = (len(k) - 1) // 2
+    x = image.unsqueeze(0)  # 1 x C x H x W
+    mode = "reflect" if min(image.shape[-2:]) > r else "replicate"
+    # A weighted sum of shifted views of the padded image, one axis at a time. (conv2d on the CPU unfolds the
+    # image: ~77 bytes per pixel for a 7-tap kernel; this needs the padded copy and the result, 8 bytes.)
+    x = _blur_axis(x, k, -1, (r, r, 0, 0), mode)
+    x = _blur_axis(x, k, -2, (0, 0, r, r), mode)
+    return x[0]
+
+
+def _blur_axis(x: torch.Tensor, k, dim: int, pad, mode: str) -> torch.Tensor:
+    padded = F.pad(x, pad, mode=mode)
+    n = x.shape[dim]
+    out = padded.narrow(dim, 0, n) * k[0]
+    for i in range(1, len(k)):
+        out.add_(padded.narrow(dim, i, n), alpha=k[i])
+    return out
+
+
+def min_max_normalise(image: torch.Tensor) -> torch.Tensor:
+    """Scale a ``C x H x W`` image to [0, 1] over all its channels (a constant image becomes zeros)."""
+    lo, hi = image.amin(), image.amax()
+    return (image - lo).div_(hi - lo) if float(hi - lo) > 0 else torch.zeros_like(image)
+
+
+def gaussian_pyramid(image: torch.Tensor, levels: int, sigma: float = 1.0, normalise: bool = True,
+                     highpass_sigma: float = 0.0) -> List[torch.Tensor]:
+    """Build ``levels`` images, finest first, each ``C x H_l x W_l`` with ``H_{l+1} = max(1, H_l // 2)``.
+
+    Each level is min-max normalised to [0, 1] when ``normalise`` is set (as in the DRMIME notebooks).
+    With ``highpass_sigma > 0`` each level has its own Gaussian blur of that many level pixels subtracted first
+    (a band-pass pyramid): slow illumination changes, which differ between photographs, no longer steer MI.
+    """
+    out = [image]
+    for _ in range(levels - 1):
+        prev = out[-1]
+        h, w = prev.shape[-2:]
+        blurred = gaussian_blur(prev, sigma)
+        size = (max(1, h // 2), max(1, w // 2))
+        out.append(F.interpolate(blurred.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0])
+    if highpass_sigma > 0:
+        out = [x - gaussian_blur(x, highpass_sigma) for x in out]
+    return [min_max_normalise(x) for x in out] if normalise else out
+
+
+def downsample_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``H x W`` bool mask -> ``size`` bool mask (a coarse pixel is foreground when most of it is)."""
+    m = F.interpolate(mask[None, None].float(), size=tuple(size), mode="area")[0, 0]
+    return m >= 0.5
+
+
+def _connected_to_border(candidates: torch.Tensor) -> torch.Tensor:
+    """The pixels of an ``h x w`` bool mask that are 8-connected to the image border through the mask.
+
+    Geodesic reconstruction: grow the border seeds by 3x3 max-pooling, restricted to ``candidates``, until stable.
+    """
+    seeds = torch.zeros_like(candidates)
+    seeds[0, :], seeds[-1, :], seeds[:, 0], seeds[:, -1] = True, True, True, True
+    region = (seeds & candidates).float()[None, None]
+    allowed = candidates.float()[None, None]
+    for _ in range(4 * sum(candidates.shape)):  # a path can wind, but not longer than this in practice
+        previous = region
+        for _ in range(8):  # check for convergence every 8 growth steps
+            region = F.max_pool2d(region, 3, stride=1, padding=1) * allowed
+        if torch.equal(region, previous):
+            break
+    return region[0, 0] > 0.5
+
+
+def _is_object(foreground: torch.Tensor, radius_fraction: float = 0.02, keep: float = 0.6) -> bool:
+    """Is an ``h x w`` foreground a solid object (tissue, a field of view, an image pasted on a canvas) rather than
+    thin structure on a uniform fill (roads on a map, lit windows in a night photograph)?
+
+    A morphological opening by a disc of ``radius_fraction`` of the long side keeps most of a solid object and
+    removes thin structure; the foreground counts as an object when at least ``keep`` of it survives.
+    """
+    radius = max(1, int(round(radius_fraction * max(foreground.shape))))
+    x = foreground[None, None].float()
+    eroded = -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)
+    opened = F.max_pool2d(eroded, 2 * radius + 1, stride=1, padding=radius)
+    return float(opened.sum()) >= keep * float(x.sum())
+
+
+def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int = 512, margin: float = 0.0,
+                    full_size: bool = True) -> torch.Tensor:
+    """Foreground mask: everything but the background, the region of the border's colour connected to the border.
+
+    Fundus photographs have a black border around the field of view and histology slides white glass around the
+    tissue; both are the dominant colour of the border. Pixels of that colour *inside* the object (a dark vessel in
+    a retina, tissue that an intensity remap took to the glass's value) stay foreground. The mask is computed on a copy at most ``max_side`` pixels
+    wide (blurred), so its cost does not grow with the image, and returned at full size.
+
+    Args:
+        image: ``C x H x W`` in [0, 1].
+        threshold: distance (max over channels) from the background colour above which a pixel is foreground.
+        margin: grow (> 0) or shrink (< 0) the mask by this fraction of the image's long side. Growing keeps the
+            outline of tissue, a strong shared cue between stains; shrinking drops the rim of a camera's field of
+            view, which is the same in both images whatever their alignment.
+
+        full_size: return the mask at the image's size (else at the reduced size it was computed at).
+
+    Returns:
+        ``H x W`` bool tensor. Everything is foreground when less than 75% of the border has the background colour
+        (there is no background) or when the mask would keep less than 1% of the image.
+    """
+    c, h, w = image.shape
+    factor = max(1, int(math.ceil(max(h, w) / max_side)))
+    small = F.avg_pool2d(image.unsqueeze(0), factor, ceil_mode=True)[0] if factor > 1 else image
+    small = gaussian_blur(small, 1.0)
+    border = torch.cat([small[:, 0, :], small[:, -1, :], small[:, :, 0], small[:, :, -1]], dim=1)  # C x P
+    background = border.median(dim=1).values.view(c, 1, 1)
+    # No background when the border is not mostly one colour (a textured image, a crop inside tissue).
+    border_is_background = float(((border - background.view(c, 1)).abs().amax(0) <= threshold).float().mean())
+    fg_small = ~_connected_to_border((small - background).abs().amax(0) <= threshold)
+    if border_is_background < 0.75 or float(fg_small.float().mean()) < 0.01 or not _is_object(fg_small):
+        return torch.ones((h, w) if full_size else fg_small.shape, dtype=torch.bool)
+    radius = int(round(abs(margin) * max(small.shape[-2:])))
+    if radius > 0:
+        pool = lambda m: F.max_pool2d(m[None, None].float(), 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0.5  # noqa: E731
+        fg_small = pool(fg_small) if margin > 0 else ~pool(~fg_small)
+    if not full_size:
+        return fg_small
+    return F.interpolate(fg_small[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5
+
+
+def sampling_weights(image: torch.Tensor, mask: torch.Tensor, mode: str, edge_floor: float = 0.1) -> torch.Tensor:
+    """Per-pixel sampling weights of one fixed level.
+
+    Args:
+        image: ``C x H x W`` level.
+        mask: ``H x W`` bool.
+        mode: ``uniform`` (every pixel of the mask alike) or ``edges`` (proportional to the gradient magnitude plus
+            ``edge_floor`` times its mean: structure such as vessels is sampled often, flat areas still sometimes).
+
+    Returns:
+        ``H x W`` float weights, zero outside the mask.
+    """
+    if mode == "uniform":
+        return mask.float()
+    gray = luminance(image)[0]
+    gx = torch.zeros_like(gray)
+    gy = torch.zeros_like(gray)
+    gx[:, 1:-1] = gray[:, 2:] - gray[:, :-2]
+    gy[1:-1, :] = gray[2:, :] - gray[:-2, :]
+    magnitude = torch.sqrt(gx * gx + gy * gy) * mask
+    mean = magnitude.sum() / mask.sum().clamp_min(1)
+    return (magnitude + edge_floor * mean.clamp_min(1e-8)) * mask

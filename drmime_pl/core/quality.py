@@ -1,0 +1,150 @@
+"""After the optimisation: keep the best of the candidate transforms, and say how far the result can be trusted.
+
+MI between two modalities can be weak (a map and a photograph, a day and a night picture): the MINE objective is
+then nearly flat around the truth and the optimisation can drift away from a start that was already right. So
+the optimised transform competes with where it started (the initial search's pick) and with identity, judged by a
+measure the optimisation did not use: the normalised gradient field (NGF, :mod:`drmime_pl.core.ngf`), both ways, on
+a ~256 px level. The winner's verdict compares its NGF with that of misaligned copies of it (shifted by 5-10% of
+the image, rotated by 10 degrees): a registration whose alignment does not stand out from misalignments is
+``suspect``. The threshold ``SUSPECT_Z`` was chosen on the real benchmark pairs (benchmarks/RESULTS.md). Known
+blind spot: between two smooth random textures, a polished transform stands out from its shifted copies although
+nothing matches, so such a pair is not flagged.
+
+Convention: matrices are ``moving_norm_trans_fixed_norm`` (normalised frames of :mod:`drmime_pl.core.geometry`),
+float64 ``3 x 3``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+from .ngf import Level, symmetric_ngf
+
+#: Long side of the level the candidates are judged on.
+JUDGE_SIZE = 256
+#: Below this z-score against misaligned copies, a registration is flagged ``suspect``. On 118 real pairs
+#: (benchmarks/RESULTS.md) it flagged 45 of 51 failures (88%) and 2 of 67 successes (3%).
+SUSPECT_Z = 4.5
+
+
+@dataclass
+class Verdict:
+    """What ``transform.json["quality"]`` holds."""
+
+    chosen: str  # which candidate won: optimised | initial | identity
+    ngf: float  # symmetric NGF of the result, after the polish (mean squared cosine of edge directions, 0..1)
+    ngf_identity: float  # ... of the three candidates, before the polish
+    ngf_initial: float
+    ngf_optimised: float
+    z: float  # (ngf - mean over misaligned copies) / their standard deviation
+    suspect: bool
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        """A dict for ``transform.json``: a score that could not be computed (too little overlap) is ``None``, since
+        JSON has no infinity."""
+        out = {}
+        for key in ("chosen", "ngf", "ngf_identity", "ngf_initial", "ngf_optimised", "z", "suspect", "reason"):
+            value = getattr(self, key)
+            out[key] = None if isinstance(value, float) and not math.isfinite(value) else value
+        return out
+
+
+def judge_level(pair) -> Level:
+    """The ~256 px copy of a :class:`~drmime_pl.training.prepare.PreparedPair` that candidates are judged on (made before
+    the pyramids are released)."""
+    masks = [w > 0 for w in pair.fixed_weights]
+    return Level.from_pyramids(pair.fixed_pyramid, masks, pair.moving_pyramid, pair.moving_weights, pair.fixed_hw,
+                               pair.moving_hw, pair.scale, JUDGE_SIZE)
+
+
+def refine(level: Level, matrix: torch.Tensor, model: str, iterations: int = 16) -> torch.Tensor:
+    """Polish ``matrix`` by compass search on symmetric NGF over the model's own generators.
+
+    Candidates are ``matrix @ expm(+-step_i B_i)``; a move is kept when it scores higher, else every step halves.
+    Steps start at one pixel of ``level`` (shifts), 0.6 degrees (rotation) and half a percent (scale, stretch,
+    shear, perspective), so this corrects what the sampled MINE gradient leaves. Returns the ``3 x 3`` matrix.
+    """
+    from .geometry import generator_basis
+
+    basis = generator_basis(model)  # K x 3 x 3
+    k = basis.shape[0]
+    pixel = max(level.fixed_hw) / level.scale / max(level.fixed.shape[-2:])  # normalised units per level pixel
+    steps = torch.tensor([pixel, pixel, 0.01, 0.005, 0.005, 0.005, 0.005, 0.005][:k], dtype=torch.float64)
+    moves = torch.cat([torch.eye(k, dtype=torch.float64), -torch.eye(k, dtype=torch.float64)])  # 2K x K
+    current = matrix.double()
+    best = float(symmetric_ngf(level, current[None])[0])
+    for _ in range(iterations):
+        candidates = current @ torch.linalg.matrix_exp(torch.einsum("nk,kij->nij", moves * steps, basis))
+        scores = symmetric_ngf(level, candidates)
+        i = int(scores.argmax())
+        if float(scores[i]) > best:
+            best, current = float(scores[i]), candidates[i]
+        else:
+            steps = steps / 2
+    return current
+
+
+def misaligned(matrix: torch.Tensor, fixed_hw, scale: float) -> torch.Tensor:
+    """Copies of ``matrix`` composed with shifts of 5% and 10% of the fixed image in 8 directions and rotations by
+    +-10 degrees about its centre. ``18 x 3 x 3``."""
+    half = max(int(fixed_hw[0]), int(fixed_hw[1])) / 2.0 / scale  # the long side is 2 * half normalised units
+    out: List[torch.Tensor] = []
+    for frac in (0.05, 0.10):
+        for k in range(8):
+            t = torch.eye(3, dtype=torch.float64)
+            t[0, 2] = 2 * half * frac * math.cos(k * math.pi / 4)
+            t[1, 2] = 2 * half * frac * math.sin(k * math.pi / 4)
+            out.append(matrix @ t)
+    for angle in (-10.0, 10.0):
+        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        out.append(matrix @ torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64))
+    return torch.stack(out)
+
+
+def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[torch.Tensor],
+                     force_optimised: bool = False, model: Optional[str] = None):
+    """Pick the best of the optimised, initial and identity transforms and judge it.
+
+    Args:
+        level: :func:`judge_level` of the pair.
+        optimised, initial: ``3 x 3`` normalised matrices (``initial`` None: identity).
+        force_optimised: judge the optimised matrix whatever the others score.
+        model: polish the chosen matrix with :func:`refine` over this model's generators (None: as it is).
+
+    Returns:
+        (the chosen ``3 x 3`` matrix, :class:`Verdict`).
+    """
+    names = ["optimised", "initial", "identity"]
+    identity = torch.eye(3, dtype=torch.float64)
+    candidates = torch.stack([optimised.double(), identity if initial is None else initial.double(), identity])
+    scores = symmetric_ngf(level, candidates)
+    # The optimised transform keeps its place unless another is clearly better: NGF is a judge here, not the
+    # objective, and MI knows better where both agree.
+    margin = 0.01
+    best = 0
+    for i in () if force_optimised else (1, 2):
+        if float(scores[i]) > float(scores[best]) + margin:
+            best = i
+    chosen, value = candidates[best], float(scores[best])
+    if model is not None:
+        chosen = refine(level, chosen, model)
+        value = float(symmetric_ngf(level, chosen[None])[0])
+    others = symmetric_ngf(level, misaligned(chosen, level.fixed_hw, level.scale))
+    others = others[torch.isfinite(others)]
+    if others.numel() >= 4:
+        z = (value - float(others.mean())) / max(float(others.std()), 1e-6)
+    else:
+        z = float("nan")
+    reasons = []
+    if not math.isfinite(value):
+        reasons.append("the result overlaps too little of the moving image")
+    elif not (z >= SUSPECT_Z):
+        reasons.append(f"the alignment barely stands out from misaligned copies (z {z:.1f} < {SUSPECT_Z})")
+    verdict = Verdict(chosen=names[best], ngf=value, ngf_identity=float(scores[2]), ngf_initial=float(scores[1]),
+                      ngf_optimised=float(scores[0]), z=z, suspect=bool(reasons), reason="; ".join(reasons))
+    return chosen, verdict
+

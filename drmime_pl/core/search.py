@@ -1,0 +1,245 @@
+"""Global search for the initial transform: every rotation, a range of scales and every shift, scored at once.
+
+MINE's gradient only sees a few degrees and a few percent of the image around where it starts, while real pairs
+differ by up to 90 degrees (remote sensing), a scale of 0.5-2 or a third of the image (fundus vs angiography). So
+the optimisation starts from the best of many similarity transforms ``p_m = s R(angle) p_f + shift``, scored by
+normalised gradient fields (:mod:`drmime_pl.core.ngf`), which need no training.
+
+1. On a ~32 px copy, every angle x scale of a grid, each with *every* shift up to half the image. For a linear
+   part ``A``, the moving image is resampled on a canvas in the fixed image's frame, ``W(y) = M(A y)``, twice the
+   fixed image's size; a shift ``t`` of the canvas is the transform ``p_m = A (p_f + t)``, and NGF for every
+   shift is one FFT cross-correlation. A candidate's score is how far its best shift stands out from all its
+   shifts (a z-score), which removes the baseline that differs between scales.
+2. The best few (and the ``seeds``: identity, the moments estimate) are refined by compass search on ~64 and
+   ~128 px levels and ranked by NGF taken both ways.
+
+Convention: matrices are ``moving_norm_trans_fixed_norm`` (normalised frames of :mod:`drmime_pl.core.geometry`),
+float64 ``3 x 3``; angles in radians, x towards y.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from .geometry import TRANSFORM_DOFS
+from .ngf import Level, gradient_features, gray, half_extent, ngf, ngf_all_shifts, symmetric_ngf
+
+#: Long sides (pixels) of the levels of the three stages.
+STAGE_SIZES = (32, 64, 128)
+
+
+@dataclass
+class Candidate:
+    """A similarity ``p_m = scale R(angle) p_f + shift`` (normalised frames) and its ``score``."""
+
+    angle: float  # radians, x towards y
+    scale: float
+    shift: torch.Tensor  # 2, float64
+    score: float = float("-inf")
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """``moving_norm_trans_fixed_norm``, ``3 x 3`` float64."""
+        return similarity_matrices(torch.tensor([[self.angle, math.log(self.scale), *self.shift.tolist()]],
+                                                dtype=torch.float64))[0]
+
+    def coefficients(self, model: str) -> torch.Tensor:
+        """Matrix-exponential coefficients of this similarity for ``model`` (``K`` float32).
+
+        In closed form, not by a matrix logarithm, so that rotations near 180 degrees are exact: the linear part
+        is ``expm(G)`` with ``G = log(s) I + angle J``, and ``expm([[G, v], [0, 0]])`` shifts by ``V v`` with
+        ``V = sum_k G^k / (k + 1)!``, the top-right block of ``expm([[G, I], [0, 0]])``. Models without rotation
+        or scale drop those parts.
+        """
+        k = TRANSFORM_DOFS[model]
+        angle = math.remainder(self.angle, 2 * math.pi) if k >= 3 else 0.0
+        log_s = math.log(self.scale) if k >= 4 else 0.0
+        block = torch.zeros(4, 4, dtype=torch.float64)
+        block[:2, :2] = torch.tensor([[log_s, -angle], [angle, log_s]], dtype=torch.float64)
+        block[:2, 2:] = torch.eye(2, dtype=torch.float64)
+        v_matrix = torch.linalg.matrix_exp(block)[:2, 2:]
+        out = torch.zeros(k, dtype=torch.float64)
+        out[:2] = torch.linalg.solve(v_matrix, self.shift.double())
+        if k >= 3:
+            out[2] = angle
+        if k >= 4:
+            out[3] = log_s
+        return out.float()
+
+
+def similarity_matrices(params: torch.Tensor) -> torch.Tensor:
+    """``N x 4`` (angle, log scale, shift x, shift y) -> ``N x 3 x 3`` float64."""
+    params = params.double()
+    m = torch.zeros(params.shape[0], 3, 3, dtype=torch.float64)
+    s = params[:, 1].exp()
+    c, sn = torch.cos(params[:, 0]) * s, torch.sin(params[:, 0]) * s
+    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = c, -sn, sn, c
+    m[:, :2, 2] = params[:, 2:]
+    m[:, 2, 2] = 1.0
+    return m
+
+
+def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_shift: float = 0.5,
+                min_overlap: float = 0.5, chunk: int = 8) -> List[Candidate]:
+    """For each linear part ``A = scale R(angle)`` (``N`` each), the shift with the highest NGF, every shift up to
+    ``max_shift`` times the fixed level's size on each axis (at most 0.5) being tried by FFT.
+
+    The candidates' scores are z-scores: (best NGF - mean over all shifts) / their standard deviation.
+    """
+    h, w = level.fixed.shape[-2:]
+    pad_y, pad_x = int(math.ceil(h * max_shift)), int(math.ceil(w * max_shift))
+    p, q = h + 2 * pad_y, w + 2 * pad_x
+    mask = level.mask.float()
+    fixed_features = torch.zeros(3, p, q)
+    fixed_features[:, pad_y:pad_y + h, pad_x:pad_x + w] = gradient_features(gray(level.fixed), mask) * mask
+    fixed_mask = torch.zeros(p, q)
+    fixed_mask[pad_y:pad_y + h, pad_x:pad_x + w] = mask
+    min_count = min_overlap * float(mask.sum())
+
+    # Canvas pixel (i, j) = fixed level pixel (j - pad_x, i - pad_y), in the fixed normalised frame.
+    half_x, half_y = half_extent(level.fixed_hw, level.scale)
+    step_x, step_y = 2 * half_x / w, 2 * half_y / h  # normalised units per level pixel
+    ys = (torch.arange(p, dtype=torch.float64) - pad_y + 0.5) * step_y - half_y
+    xs = (torch.arange(q, dtype=torch.float64) - pad_x + 0.5) * step_x - half_x
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    canvas = torch.stack([gx, gy], -1)  # P x Q x 2
+    # Circular shifts beyond the padding wrap around: not allowed.
+    dy = torch.arange(p)
+    dy = torch.where(dy > p // 2, dy - p, dy)
+    dx = torch.arange(q)
+    dx = torch.where(dx > q // 2, dx - q, dx)
+    allowed = (dy.abs() <= pad_y)[:, None] & (dx.abs() <= pad_x)[None, :]
+
+    angles, scales = angles.double().reshape(-1), scales.double().reshape(-1)
+    out: List[Candidate] = []
+    for start in range(0, angles.numel(), chunk):
+        a = similarity_matrices(torch.stack([angles[start:start + chunk], scales[start:start + chunk].log(),
+                                             torch.zeros_like(angles[start:start + chunk]),
+                                             torch.zeros_like(angles[start:start + chunk])], 1))[:, :2, :2]
+        warped = level.warp_moving(torch.einsum("pqj,nij->npqi", canvas, a))  # n x 2 x P x Q
+        valid = (warped[:, 1] > 0.5).float()
+        score = ngf_all_shifts(fixed_features, fixed_mask, gradient_features(warped[:, 0], warped[:, 1]), valid,
+                               min_count)
+        score = torch.where(allowed, score, torch.full_like(score, float("-inf"))).reshape(score.shape[0], -1)
+        finite = torch.isfinite(score)
+        count = finite.sum(1).clamp_min(2)
+        values = torch.where(finite, score, torch.zeros_like(score))
+        mean = values.sum(1) / count
+        std = (torch.where(finite, (score - mean[:, None]) ** 2, torch.zeros_like(score)).sum(1) / (count - 1)).sqrt()
+        best = score.argmax(1)
+        for k in range(score.shape[0]):
+            iy, ix = int(best[k]) // q, int(best[k]) % q
+            t = torch.tensor([float(dx[ix]) * step_x, float(dy[iy]) * step_y], dtype=torch.float64)
+            z = (float(score[k, best[k]]) - float(mean[k])) / max(float(std[k]), 1e-9)
+            out.append(Candidate(float(angles[start + k]), float(scales[start + k]), a[k] @ t, z))
+    return out
+
+
+def compass_search(level: Level, starts: Sequence[Candidate], steps: Sequence[float],
+                   iterations: int = 12) -> List[Candidate]:
+    """Local refinement of every start at once by compass search on NGF over (angle, log scale, shift x, shift y).
+
+    Each iteration scores every start and its 8 neighbours one step away along each axis (a zero step keeps an
+    axis fixed); a start moves to its best neighbour when that scores higher, else its steps halve. The scale stays
+    within two steps of where it started: left free, zooming into a detail can outscore the truth.
+    """
+    params = torch.tensor([[c.angle, math.log(c.scale), float(c.shift[0]), float(c.shift[1])] for c in starts],
+                          dtype=torch.float64)  # S x 4
+    step = torch.tensor(steps, dtype=torch.float64).expand_as(params).clone()
+    moves = torch.cat([torch.zeros(1, 4, dtype=torch.float64), torch.eye(4, dtype=torch.float64),
+                       -torch.eye(4, dtype=torch.float64)])  # 9 x 4
+    lo, hi = params[:, 1:2] - 2 * step[:, 1:2], params[:, 1:2] + 2 * step[:, 1:2]
+    score = torch.full((params.shape[0],), float("-inf"), dtype=torch.float64)
+    rows = torch.arange(params.shape[0])
+    for _ in range(iterations):
+        trial = params[:, None] + moves[None] * step[:, None]  # S x 9 x 4
+        trial[..., 1] = torch.minimum(torch.maximum(trial[..., 1], lo), hi)
+        scores = ngf(level, similarity_matrices(trial.reshape(-1, 4))).view(-1, 9).double()
+        best = scores.argmax(1)
+        improved = scores[rows, best] > scores[:, 0]
+        params = torch.where(improved[:, None], trial[rows, best], params)
+        score = scores.max(1).values
+        step = torch.where(improved[:, None], step, step / 2)
+    return [Candidate(float(p[0]), float(math.exp(p[1])), p[2:].clone(), float(s)) for p, s in zip(params, score)]
+
+
+def global_search(
+    fixed_pyramid: Sequence[torch.Tensor],
+    fixed_masks: Sequence[torch.Tensor],
+    moving_pyramid: Sequence[torch.Tensor],
+    moving_valid: Optional[Sequence[torch.Tensor]],
+    fixed_hw: Sequence[int],
+    moving_hw: Sequence[int],
+    scale: float,
+    model: str,
+    seeds: Sequence[Candidate] = (),
+    angle_step_deg: float = 15.0,
+    scale_range: Sequence[float] = (0.5, 2.0),
+    scale_steps: int = 5,
+    keep: Sequence[int] = (8, 3),
+) -> List[Candidate]:
+    """Coarse-to-fine search for the initial similarity transform (see the module's docstring).
+
+    Args:
+        fixed_pyramid, moving_pyramid: ``C x H_l x W_l`` levels, finest first; fixed_masks: ``H_l x W_l`` bool;
+            moving_valid: ``H_l x W_l`` in [0, 1] or None.
+        fixed_hw, moving_hw, scale: full-resolution sizes, pixels per normalised unit.
+        model: rotations are searched for models with one (rigid and up), scales for similarity and up.
+        seeds: starts that always compete in the refinement (identity, moments).
+        angle_step_deg, scale_range, scale_steps: the grid of stage 1.
+        keep: how many candidates go on to stage 2 (besides the seeds) and to stage 3.
+
+    Returns:
+        The refined candidates, best first by symmetric NGF on the ~128 px level.
+    """
+    dofs = TRANSFORM_DOFS[model]
+    step = math.radians(angle_step_deg)
+    angles = (torch.arange(0.0, 2 * math.pi - 1e-9, step, dtype=torch.float64) if dofs >= 3
+              else torch.zeros(1, dtype=torch.float64))
+    if dofs >= 4 and scale_steps > 1:
+        scales = torch.logspace(math.log10(scale_range[0]), math.log10(scale_range[1]), scale_steps,
+                                dtype=torch.float64)
+        log_ratio = math.log(scale_range[1] / scale_range[0]) / (scale_steps - 1)
+    else:
+        scales, log_ratio = torch.ones(1, dtype=torch.float64), 0.0
+    grid_a, grid_s = torch.meshgrid(angles, scales, indexing="ij")
+    levels = [Level.from_pyramids(fixed_pyramid, fixed_masks, moving_pyramid, moving_valid, fixed_hw, moving_hw,
+                                  scale, size) for size in STAGE_SIZES]
+    found = best_shifts(levels[0], grid_a.reshape(-1), grid_s.reshape(-1))
+    starts = _best_distinct(found, keep[0], step, log_ratio) + list(seeds)
+    shift_step = 2.0 * max(half_extent(fixed_hw, scale)) / max(levels[0].fixed.shape[-2:])  # one coarse pixel
+    for stage, level in enumerate(levels[1:]):
+        step, log_ratio, shift_step = step / 2, log_ratio / 2, shift_step / 2
+        refined = compass_search(level, starts, [step if dofs >= 3 else 0.0, log_ratio if dofs >= 4 else 0.0,
+                                                 shift_step, shift_step])
+        scores = symmetric_ngf(level, torch.stack([c.matrix for c in refined]))
+        for c, s in zip(refined, scores):
+            c.score = float(s)
+        n_seeds = len(seeds)
+        found_seeds, others = refined[len(refined) - n_seeds:], refined[: len(refined) - n_seeds]
+        others.sort(key=lambda c: c.score, reverse=True)
+        if stage + 1 < len(keep):  # the seeds always go on: identity and moments must compete to the end
+            others = others[: keep[stage + 1]]
+        starts = others + found_seeds
+    return sorted(starts, key=lambda c: c.score, reverse=True)
+
+
+def _best_distinct(found: Sequence[Candidate], count: int, angle_step: float, log_ratio: float) -> List[Candidate]:
+    """The ``count`` best candidates, skipping near-duplicates of a better one (within 1.5 grid steps)."""
+    picked: List[Candidate] = []
+    for c in sorted(found, key=lambda c: c.score, reverse=True):
+        if all(_distinct(c, p, angle_step, log_ratio) for p in picked):
+            picked.append(c)
+        if len(picked) >= count:
+            break
+    return picked
+
+
+def _distinct(a: Candidate, b: Candidate, angle_step: float, log_ratio: float) -> bool:
+    d_angle = abs(math.remainder(a.angle - b.angle, 2 * math.pi))
+    d_scale = abs(math.log(a.scale / b.scale))
+    d_shift = float((a.shift - b.shift).norm())
+    return d_angle > 1.5 * angle_step or d_scale > 1.5 * log_ratio + 1e-9 or d_shift > 0.15

@@ -1,0 +1,77 @@
+"""The evaluation loop: score the pairs one after another, one progress line each, ``pairs.csv`` rewritten after
+every pair; a stop signal ends the loop with the pairs done so far."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Sequence
+
+import numpy as np
+
+from ..errors import DrmimeError, RegistrationInterrupted
+from ..io.atomic import write_text_atomic
+from .datasets import Pair, read_points
+from .metrics import PairResult, tre, tre_summary
+from .reports import pairs_csv_text
+
+
+def evaluate_pair(pair: Pair, get_transform: Callable[[Pair], dict], reraise: bool = False) -> PairResult:
+    """Score one pair. Any error makes it ``failed`` with a one-line message (``reraise``: let it propagate)."""
+    result = PairResult(name=pair.name, group=pair.group)
+    try:
+        fixed_pts, moving_pts = read_points(pair)  # first: a missing landmark file costs no registration
+        t = get_transform(pair)
+        result.skipped = bool(t.get("skipped", False))
+        result.seconds, result.steps = t["seconds"], t["steps"]
+        result.suspect = t.get("suspect")
+        result.fixed_height, result.fixed_width = t["fixed_shape"]
+        errors = tre(t["matrix"], fixed_pts, moving_pts)
+        if not np.isfinite(errors).all():
+            raise DrmimeError("the transform maps a landmark to infinity")
+        result.n_landmarks = len(errors)
+        for key, value in tre_summary(errors, t["fixed_shape"]).items():
+            setattr(result, key, value)
+    except Exception as exc:  # noqa: BLE001 - one bad pair must not stop the others
+        if reraise or isinstance(exc, RegistrationInterrupted):  # Ctrl-C inside fit(): checkpoint saved
+            raise
+        result.status = "failed"
+        text = (str(exc).strip().splitlines() or [""])[0]
+        result.error = text if isinstance(exc, DrmimeError) else f"{exc.__class__.__name__}: {text}"
+    return result
+
+
+def progress_line(result: PairResult, mode: str) -> str:
+    if not result.ok:
+        return f"FAILED: {result.error}"
+    score = f"mean TRE {result.tre_mean:.2f} px" if mode == "fire" else f"median rTRE {result.rtre_median:.4f}"
+    secs = f" ({result.seconds:.1f} s)" if math.isfinite(result.seconds) else ""
+    return score + secs + (" [registered earlier; --redo registers again]" if result.skipped else "")
+
+
+def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: bool = False):
+    """Score the pairs in order, one progress line each on stderr; rewrite ``pairs.csv`` after each pair.
+
+    Returns ``(results, interrupted)``: ``interrupted`` is False, or the number of the signal that stopped the
+    run (SIGINT, SIGTERM, SIGHUP); the report files are written by the caller.
+    """
+    results: List[PairResult] = []
+    n = len(pairs)
+    for i, pair in enumerate(pairs, start=1):
+        print(f"[{i}/{n}] {pair.name} ... ", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            result = evaluate_pair(pair, get_transform, reraise=reraise)
+        except (KeyboardInterrupt, RegistrationInterrupted) as exc:  # Ctrl-C/SIGTERM/SIGHUP, between or in a pair
+            from ..training.signals import signum_of
+
+            print("interrupted", file=sys.stderr)
+            return results, signum_of(exc)
+        line = progress_line(result, mode)
+        if result.ok and not math.isfinite(result.seconds):
+            line += f" ({time.perf_counter() - start:.1f} s)"
+        print(line, file=sys.stderr, flush=True)
+        results.append(result)
+        write_text_atomic(pairs_csv_text(results), out / "pairs.csv")
+    return results, False

@@ -1,0 +1,125 @@
+"""Where each pair's transform comes from: a folder of ``transform.json`` files (``--transforms DIR``), or a
+registration whose result files go to ``OUT/transforms/<pair name>/`` (skipped when an earlier run with the same
+configuration finished it).
+
+A source is a function ``Pair -> {matrix, fixed_shape, seconds, steps, suspect[, skipped]}``; the matrix maps a
+fixed-image pixel (x, y, 1) to the moving-image pixel, as ``Registration.matrix``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+from ..errors import DrmimeError
+from .datasets import Pair
+
+
+def check_matrix(matrix) -> np.ndarray:
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (3, 3):
+        raise DrmimeError(f"matrix has shape {m.shape}, expected 3 x 3")
+    if not np.isfinite(m).all():
+        raise DrmimeError("matrix contains NaN or infinite entries")
+    return m
+
+
+def read_transform(path: Path) -> dict:
+    """``transform.json`` -> ``{matrix, fixed_shape, seconds, steps}``. Raises DrmimeError."""
+    if not path.is_file():
+        raise DrmimeError(f"{path}: no transform.json (the registration did not finish)")
+    try:
+        data = json.loads(path.read_text())
+        matrix = check_matrix(data["matrix"])
+        fixed_shape = (int(data["fixed_shape"][0]), int(data["fixed_shape"][1]))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise DrmimeError(f"{path}: unusable transform.json ({exc.__class__.__name__}: {exc})") from None
+    except DrmimeError as exc:
+        raise DrmimeError(f"{path}: {exc}") from None
+    seconds = data.get("seconds")
+    steps = data.get("steps")
+    suspect = (data.get("quality") or {}).get("suspect") if isinstance(data.get("quality"), dict) else None
+    return {"matrix": matrix, "fixed_shape": fixed_shape,
+            "seconds": float(seconds) if isinstance(seconds, (int, float)) else math.nan,
+            "steps": int(steps) if isinstance(steps, int) else None,
+            "suspect": bool(suspect) if isinstance(suspect, bool) else None}
+
+
+def image_size(path: Optional[Path]) -> Optional[Tuple[int, int]]:
+    """(H, W) from the file's header, or None when it cannot be read (only used as a cross-check)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as im:
+            return int(im.size[1]), int(im.size[0])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def transform_from_dir(folder: Path) -> Callable[[Pair], dict]:
+    """A transform source that reads ``folder/<pair name>/transform.json`` and checks the fixed image's size."""
+
+    def get(pair: Pair) -> dict:
+        t = read_transform(folder / pair.name / "transform.json")
+        hw = image_size(pair.fixed_image)
+        if hw is not None and hw != t["fixed_shape"]:
+            raise DrmimeError(
+                f"transform.json is for a {t['fixed_shape'][1]}x{t['fixed_shape'][0]} fixed image but "
+                f"{pair.fixed_image} is {hw[1]}x{hw[0]} (W x H): transforms of another data set or scale?")
+        return t
+
+    return get
+
+
+def finished_earlier(folder: Path, config_yaml: str) -> Optional[dict]:
+    """The result of an earlier registration of this pair with the same configuration, or None: its
+    ``transform.json`` must be complete (readable, with a finite 3 x 3 matrix and ``fixed_shape``) and its
+    ``config.yaml`` equal to ``config_yaml``."""
+    try:
+        if (folder / "config.yaml").read_text() != config_yaml:
+            return None
+        return read_transform(folder / "transform.json")
+    except (OSError, UnicodeDecodeError, DrmimeError):
+        return None
+
+
+def transform_by_registration(cfg, out: Path, redo: bool = False) -> Callable[[Pair], dict]:
+    """A transform source that registers the pair with ``cfg`` and writes its files to ``out/transforms/<name>/``.
+
+    A pair whose folder already holds a complete ``transform.json`` made with the same configuration (a run that
+    was interrupted, then started again) is not registered again, unless ``redo``; its result is re-scored.
+    """
+    from omegaconf import OmegaConf
+
+    from ..training.fit import fit
+
+    def get(pair: Pair) -> dict:
+        folder = out / "transforms" / pair.name
+        c = copy.deepcopy(cfg)
+        c.output.dir = str(folder)
+        if c.logging.enabled:
+            c.logging.name = f"{c.logging.name}-{pair.name}"
+        if not redo:
+            done = finished_earlier(folder, OmegaConf.to_yaml(c, resolve=True))
+            if done is not None:
+                done["skipped"] = True
+                return done
+        stale = folder / "transform.json"
+        if stale.exists():
+            stale.unlink()  # a failed re-run must not leave an older result to be re-scored later
+        for label, p in (("fixed", pair.fixed_image), ("moving", pair.moving_image)):
+            if p is None:
+                raise DrmimeError(f"no {label} image given")
+        result = fit(c, fixed=str(pair.fixed_image), moving=str(pair.moving_image))
+        return {"matrix": check_matrix(result.matrix), "fixed_shape": tuple(int(v) for v in result.fixed_shape),
+                "seconds": float(result.seconds), "steps": int(result.steps),
+                "suspect": result.quality.get("suspect") if result.quality else None}
+
+    return get

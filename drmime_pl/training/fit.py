@@ -1,0 +1,301 @@
+"""The fit pipeline as one function of a config: register a pair, log to TensorBoard, checkpoint, and write the
+result files.
+
+:func:`fit` is the whole job (:func:`drmime_pl.register`, ``drmime_pl.evaluate`` and the tests call it); the
+command line (``python -m drmime_pl.fit``, :mod:`drmime_pl.cli`) only parses arguments, calls it and turns errors
+into one-line messages and exit codes.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import CheckpointError, ConfigError, DrmimeError, RegistrationError, RegistrationInterrupted
+
+
+def _quiet_lightning() -> None:
+    # An endless in-memory sampler needs no workers and no validation; these notices would only confuse users.
+    for pattern in (".*does not have many workers.*", ".*IterableDataset.*", ".*is not a `CombinedLoader`.*",
+                    ".*Checkpoint directory.*exists.*",
+                    ".*LeafSpec.*", ".*isinstance.*treespec.*", ".*`training_step` returned `None`.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric",
+                 "pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _read_checkpoint(path: str) -> dict:
+    # weights_only=True: a checkpoint from elsewhere must not run code (see drmime_pl.training.checkpoint_io).
+    from .checkpoint_io import load_checkpoint_safely
+
+    return load_checkpoint_safely(path)
+
+
+def check_checkpoint(path: str, identity: dict) -> None:
+    """Refuse a checkpoint of another transform model or image pair (:class:`CheckpointError`)."""
+    ckpt = _read_checkpoint(path)
+    saved = (ckpt.get("hyper_parameters") or {}).get("identity")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not a drmime_pl checkpoint (no run identity in it)")
+    if saved.get("transform") != identity["transform"]:
+        raise CheckpointError(
+            f"{path}: checkpoint is for model.transform={saved.get('transform')!r}, this run uses "
+            f"{identity['transform']!r}"
+        )
+    if saved.get("pair") != identity["pair"] or saved.get("levels") != identity["levels"]:
+        raise CheckpointError(
+            f"{path}: checkpoint belongs to another image pair ({saved.get('fixed')} / {saved.get('moving')}) "
+            f"or pyramid; this run registers {identity['fixed']} / {identity['moving']}"
+        )
+
+
+def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=()):
+    """Register ``cfg.data.moving`` to ``cfg.data.fixed`` (or the given arrays/tensors) and return a
+    :class:`~drmime_pl.io.result.Registration`. ``callbacks``: extra Lightning callbacks for the Trainer.
+
+    Writes, when ``cfg.logging.enabled``: TensorBoard events and ``checkpoints/last.ckpt`` under
+    ``<logging.log_dir>/<logging.name>/version_N`` (a relative ``log_dir`` lies inside ``output.dir`` when that is
+    set; a resumed run continues in its checkpoint's run folder: :mod:`drmime_pl.paths`); and the result files into
+    ``output.dir`` (default: that version folder). Progress goes to stderr (:mod:`drmime_pl.training.progress`). Raises :class:`~drmime_pl.errors.DrmimeError` subclasses for bad input and failed runs; no
+    ``transform.json`` is written then.
+    """
+    started = time.perf_counter()  # wall_seconds: the whole call, up to just before transform.json is written
+    from .prepare import prepare_pair
+
+    d, m, o, f, lg = cfg.data, cfg.model, cfg.optim, cfg.fit, cfg.logging
+    if f.threads > 0:
+        torch.set_num_threads(int(f.threads))
+    fixed = fixed if fixed is not None else d.fixed
+    moving = moving if moving is not None else d.moving
+    if fixed is None or moving is None:
+        raise DrmimeError("data.fixed and data.moving must both be set (image paths)")
+    fixed_mask = fixed_mask if fixed_mask is not None else d.fixed_mask
+    # Folders first: an unusable output.dir or logging.log_dir is found before any image is loaded.
+    from ..io.rundir import check_writable_dir, claim_run_dir, remove_stale_result
+
+    if cfg.output.dir:
+        check_writable_dir(cfg.output.dir, "output.dir")
+    from ..paths import log_root, resume_run_dir
+
+    # With output.dir set, a relative logging.log_dir lies inside it; fit.ckpt_path=<run>/checkpoints/last.ckpt
+    # continues in <run> (issue 11; drmime_pl.paths).
+    logs = log_root(lg.log_dir, cfg.output.dir)
+    resumed_dir = resume_run_dir(f.ckpt_path) if lg.enabled else None
+    if lg.enabled:
+        check_writable_dir(resumed_dir or logs, "fit.ckpt_path" if resumed_dir else "logging.log_dir")
+
+    pair = prepare_pair(fixed, moving, d, init=m.init, model=m.transform, fixed_mask=fixed_mask,
+                        init_matrix=m.init_matrix)
+    identity = {"transform": m.transform, "pair": pair.fingerprint(), "levels": pair.levels,
+                "fixed": pair.fixed_name, "moving": pair.moving_name}
+    if f.ckpt_path:
+        check_checkpoint(f.ckpt_path, identity)
+    if cfg.output.dir:  # the inputs are good and this run will write: an earlier result must not survive it
+        remove_stale_result(cfg.output.dir)
+    elif resumed_dir is not None:  # resuming into the run folder, which is also the output folder
+        remove_stale_result(resumed_dir)
+
+    # Lightning loads only once the inputs are known to be good: a bad input fails fast.
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from ..core.checks import degeneracy
+    from ..core.estimator import MineEstimator
+    from ..core.geometry import pixel_matrix_from_normalised
+    from ..core.quality import judge_level
+    from ..core.transforms import MatrixExpTransform
+    from ..io.result import Registration, write_outputs
+    from .callbacks import ConvergenceStopping, GracefulInterrupt, NonFiniteGuard, PreviewImages
+    from .datamodule import PixelBatchSampler, PyramidDataModule
+    from .module import DrmimeModule
+
+    _quiet_lightning()
+
+    pl.seed_everything(int(f.seed), workers=False, verbose=False)
+    judge = judge_level(pair)  # a ~256 px copy of both images, for the verdict after the optimisation
+    estimator = MineEstimator(2 * pair.channels, list(m.mine_hidden), pair.levels, bias_correction=m.bias_correction,
+                              ma_rate=m.ma_rate)
+    transform = MatrixExpTransform(m.transform, init=pair.init)
+    module = DrmimeModule(
+        estimator, transform, pair.moving_pyramid, pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale,
+        lr_mine=o.lr_mine, lr_shared=o.lr_shared, lr_fine=o.lr_fine, amsgrad=o.amsgrad,
+        lr_final_factor=o.lr_final_factor, warmup_steps=o.warmup_steps, max_steps=f.max_steps,
+        log_every_n_steps=lg.every_n_steps, identity=identity,
+    )
+    # Memory (issue 7): the module now holds the moving levels with their validity channel; drop the pair's copies,
+    # and the fixed sampling weights once the sampler has its index tables.
+    pair.moving_pyramid, pair.moving_weights = module.moving_pyramid(), None
+    sampler = PixelBatchSampler(pair.fixed_pyramid, pair.fixed_weights, pair.fixed_hw, pair.scale, d.batch_size, f.seed)
+    pair.fixed_weights = None
+    datamodule = PyramidDataModule(sampler)
+
+    logger, run_dir, ckpt_dir = False, None, None
+    convergence = ConvergenceStopping(f.converge_every, f.converge_tol_px, f.converge_patience, f.min_steps)
+    extra_callbacks, callbacks = list(callbacks), [convergence]
+    if lg.enabled:
+        if resumed_dir is not None:  # the checkpoint's run folder: the same TensorBoard run, the same checkpoints
+            run_dir = resumed_dir
+        else:
+            version = claim_run_dir(logs, lg.name)  # atomic: two runs started at once get two folders
+            run_dir = (logs / lg.name if lg.name else logs) / f"version_{version}"
+        logger = TensorBoardLogger(save_dir=str(run_dir.parent), name="", version=run_dir.name,
+                                   default_hp_metric=False)
+        run_dir = Path(logger.log_dir)
+        # The resolved config, readable in TensorBoard's TEXT tab (indented: a Markdown code block).
+        logger.experiment.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "), 0)
+        ckpt_dir = run_dir / "checkpoints"
+        callbacks += [
+            ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=lg.checkpoint_every_n_steps),
+            LearningRateMonitor(logging_interval="step"),
+        ]
+        if lg.image_every_n_steps > 0:
+            callbacks.append(PreviewImages(pair.fixed_pyramid, lg.image_every_n_steps, lg.preview_size))
+    guard, interrupt = NonFiniteGuard(ckpt_dir), GracefulInterrupt(ckpt_dir)
+    callbacks += [guard, interrupt] + extra_callbacks
+    from .progress import PlainProgress, RegisterProgressBar, done_line, plain_every, stderr_is_terminal
+
+    plain = bool(lg.progress_bar) and not stderr_is_terminal()  # a log file or a pipe: plain lines, no tqdm
+    if lg.progress_bar:
+        callbacks.append(PlainProgress(plain_every(lg.every_n_steps), convergence) if plain
+                         else RegisterProgressBar(refresh_rate=10))
+
+    try:
+        trainer = _make_trainer(cfg, logger, callbacks)
+    except Exception as exc:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
+        raise ConfigError(f"fit.accelerator={f.accelerator!r}, fit.precision={f.precision!r}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=f.ckpt_path or None)
+    except SystemExit:  # Lightning turns a KeyboardInterrupt (a second signal) into sys.exit(1): keep the signal
+        from .signals import Interrupted, last_signal
+
+        raise Interrupted(interrupt.signum or last_signal()) from None
+    seconds = time.perf_counter() - start
+
+    if interrupt.requested:
+        from .signals import signal_name
+
+        where = interrupt.saved or "(no checkpoint: logging.enabled is false)"
+        stopped = RegistrationInterrupted(
+            f"interrupted at step {trainer.global_step} ({signal_name(interrupt.signum)}); checkpoint saved to "
+            f"{where}; resume with fit.ckpt_path={where}"
+        )
+        stopped.signum = interrupt.signum
+        raise stopped
+    last_ckpt = None
+    if ckpt_dir is not None:
+        last_ckpt = ckpt_dir / "last.ckpt"
+        trainer.save_checkpoint(str(last_ckpt))
+    coefficients = tuple(transform.coefficients().double().cpu())  # (shared, fine)
+    matrix_normalised, verdict = _keep_best(judge, pair, module.normalised_matrix(), m)
+    if verdict.chosen != "optimised":  # the optimisation made things worse: its start (or identity) was kept
+        coefficients = (pair.init.double() if verdict.chosen == "initial" else torch.zeros_like(coefficients[0]),
+                        torch.zeros_like(coefficients[1]))
+    coefficients = _coefficients_of(matrix_normalised, m.transform) or coefficients  # after the polish
+    matrix = pixel_matrix_from_normalised(matrix_normalised, pair.fixed_hw, pair.moving_hw, pair.scale)
+    problem = degeneracy(matrix, pair.fixed_hw, pair.moving_hw)
+    if problem:
+        raise RegistrationError(
+            f"registration failed after {trainer.global_step} steps: {problem}; no result written. Try another "
+            f"model.init, lower learning rates (optim.*), or a simpler model.transform"
+        )
+
+    result = Registration(
+        matrix=matrix.numpy(), matrix_normalised=matrix_normalised.numpy(),
+        coefficients_shared=coefficients[0].numpy(), coefficients_fine=coefficients[1].numpy(), transform=m.transform,
+        fixed_shape=pair.fixed_hw, moving_shape=pair.moving_hw, scale=pair.scale,
+        mi_per_level=[float(v) for v in module.mi_ema.cpu()], steps=int(trainer.global_step), seconds=seconds,
+        converged=convergence.converged, seed=int(f.seed), fixed=pair.fixed_name, moving=pair.moving_name,
+        checkpoint=str(last_ckpt) if last_ckpt else None, versions=library_versions(), quality=verdict.to_json(),
+    )
+    # Memory: the pyramids and index tables are not needed for the full-size warp of the outputs.
+    del trainer, module, datamodule, sampler
+    pair.fixed_pyramid = pair.moving_pyramid = None
+    gc.collect()
+    out_dir = Path(cfg.output.dir) if cfg.output.dir else run_dir
+    if out_dir is not None:
+        result.output_dir = str(out_dir)
+        try:
+            write_outputs(result, pair.fixed, pair.moving, out_dir, OmegaConf.to_yaml(cfg, resolve=True),
+                          warped=cfg.output.warped, overlay=cfg.output.overlay,
+                          itk=cfg.output.itk, elastix=cfg.output.elastix, started=started)
+        except OSError as exc:
+            raise DrmimeError(f"output.dir {out_dir}: cannot write the results ({exc.strerror or exc})") from None
+    if result.wall_seconds is None:  # no files written (the quiet Python API)
+        result.wall_seconds = time.perf_counter() - started
+    if plain:
+        print(done_line(result.steps, result.converged, result.seconds, result.wall_seconds), file=sys.stderr,
+              flush=True)
+    return result
+
+
+def _keep_best(judge, pair, optimised: torch.Tensor, model_cfg):
+    """The optimised normalised matrix, or its start or identity when ``model.keep_best`` finds them clearly
+    better (:func:`drmime_pl.core.quality.choose_and_judge`), and the verdict on the result."""
+    from ..core.geometry import generator_basis, matrix_from_coefficients
+    from ..core.quality import choose_and_judge
+
+    initial = None
+    if pair.init is not None:
+        initial = matrix_from_coefficients(pair.init.double(), generator_basis(model_cfg.transform).double())
+    refine_model = model_cfg.transform if model_cfg.polish else None
+    chosen, verdict = choose_and_judge(judge, optimised, initial, force_optimised=not model_cfg.keep_best,
+                                       model=refine_model)
+    return chosen, verdict
+
+
+def _coefficients_of(matrix_normalised: torch.Tensor, model: str):
+    """(shared, fine) coefficients of the final matrix, which keep-best and polish may have changed: all in the shared
+    vector, the fine one zero. None when the matrix logarithm does not reproduce the matrix (a rotation too close to
+    180 degrees): the chosen candidate's coefficients, before the polish, are kept then."""
+    from ..core.geometry import coefficients_from_matrix, generator_basis, matrix_from_coefficients
+
+    basis = generator_basis(model).double()
+    try:
+        shared = coefficients_from_matrix(matrix_normalised, basis)
+    except ValueError:
+        return None
+    back = matrix_from_coefficients(shared, basis)
+    if not torch.allclose(back / back[2, 2], matrix_normalised / matrix_normalised[2, 2], atol=1e-6):
+        return None
+    return shared, torch.zeros_like(shared)
+
+
+def _make_trainer(cfg: DictConfig, logger, callbacks):
+    import pytorch_lightning as pl
+
+    from pytorch_lightning.callbacks import ProgressBar
+
+    from ..paths import log_root
+    from .checkpoint_io import AtomicCheckpointIO
+
+    f, lg = cfg.fit, cfg.logging
+    return pl.Trainer(
+        plugins=[AtomicCheckpointIO()],
+        accelerator="gpu" if f.accelerator == "cuda" else f.accelerator, devices=f.devices,
+        precision=f.precision if f.precision.endswith("mixed") else int(f.precision),
+        max_steps=f.max_steps, max_epochs=-1, logger=logger, callbacks=callbacks,
+        enable_checkpointing=bool(lg.enabled),
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),  # a tqdm bar on a terminal only
+        enable_model_summary=False, log_every_n_steps=lg.every_n_steps, num_sanity_val_steps=0,
+        limit_val_batches=0, default_root_dir=str(log_root(lg.log_dir, cfg.output.dir)),
+    )
+
+
+def library_versions() -> dict:
+    import pytorch_lightning
+
+    from .._version import __version__
+
+    return {"drmime_pl": __version__, "torch": torch.__version__, "pytorch_lightning": pytorch_lightning.__version__,
+            "python": platform.python_version()}
