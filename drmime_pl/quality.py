@@ -21,6 +21,7 @@ from typing import List, Optional
 
 import torch
 
+from .histogram_mi import symmetric_histogram_mi
 from .ngf import Level, symmetric_ngf
 
 #: Long side of the level the candidates are judged on.
@@ -61,8 +62,9 @@ def judge_level(pair) -> Level:
                                pair.moving_hw, pair.scale, JUDGE_SIZE)
 
 
-def refine(level: Level, matrix: torch.Tensor, model: str, iterations: int = 16) -> torch.Tensor:
-    """Polish ``matrix`` by compass search on symmetric NGF over the model's own generators.
+def refine(level: Level, matrix: torch.Tensor, model: str, iterations: int = 16, score=symmetric_ngf) -> torch.Tensor:
+    """Polish ``matrix`` by compass search on ``score`` (symmetric NGF, or another ``(level, N x 3 x 3) -> N``
+    similarity) over the model's own generators.
 
     Candidates are ``matrix @ expm(+-step_i B_i)``; a move is kept when it scores higher, else every step halves.
     Steps start at one pixel of ``level`` (shifts), 0.6 degrees (rotation) and half a percent (scale, stretch,
@@ -76,10 +78,10 @@ def refine(level: Level, matrix: torch.Tensor, model: str, iterations: int = 16)
     steps = torch.tensor([pixel, pixel, 0.01, 0.005, 0.005, 0.005, 0.005, 0.005][:k], dtype=torch.float64)
     moves = torch.cat([torch.eye(k, dtype=torch.float64), -torch.eye(k, dtype=torch.float64)])  # 2K x K
     current = matrix.double()
-    best = float(symmetric_ngf(level, current[None])[0])
+    best = float(score(level, current[None])[0])
     for _ in range(iterations):
         candidates = current @ torch.linalg.matrix_exp(torch.einsum("nk,kij->nij", moves * steps, basis))
-        scores = symmetric_ngf(level, candidates)
+        scores = score(level, candidates)
         i = int(scores.argmax())
         if float(scores[i]) > best:
             best, current = float(scores[i]), candidates[i]
@@ -113,7 +115,8 @@ def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[to
         level: :func:`judge_level` of the pair.
         optimised, initial: ``3 x 3`` normalised matrices (``initial`` None: identity).
         force_optimised: judge the optimised matrix whatever the others score.
-        model: polish the chosen matrix with :func:`refine` over this model's generators (None: as it is).
+        model: polish the chosen matrix with :func:`refine` over this model's generators, on NGF and then on
+            histogram MI (:mod:`drmime_pl.histogram_mi`); None: as it is.
 
     Returns:
         (the chosen ``3 x 3`` matrix, :class:`Verdict`).
@@ -131,7 +134,9 @@ def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[to
             best = i
     chosen, value = candidates[best], float(scores[best])
     if model is not None:
-        chosen = refine(level, chosen, model)
+        # NGF first: it finds where the edges line up; then MI, low-variance over every pixel of the level, finishes
+        # where intensities tell more than edges (measured on the real pairs: benchmarks/RESULTS.md).
+        chosen = refine(level, refine(level, chosen, model), model, score=symmetric_histogram_mi)
         value = float(symmetric_ngf(level, chosen[None])[0])
     others = symmetric_ngf(level, misaligned(chosen, level.fixed_hw, level.scale))
     others = others[torch.isfinite(others)]
