@@ -59,16 +59,16 @@ class OptimConfig:
 
 @dataclass
 class FitConfig:
-    max_steps: int = 500
-    min_steps: int = 150
+    max_steps: int = 200
+    min_steps: int = 100
     converge_every: int = 25
-    converge_tol_px: float = 0.5
+    converge_tol: float = 0.002
     converge_patience: int = 2
     seed: int = 0
     accelerator: str = "cpu"
     devices: int = 1
     precision: str = "32"
-    threads: int = 0
+    threads: int = 1
     ckpt_path: Optional[str] = None
     debug: bool = False
 
@@ -263,7 +263,7 @@ def validate(cfg: DictConfig) -> None:
     need(f.max_steps >= 1, "fit.max_steps", "must be at least 1")
     need(f.min_steps >= 0, "fit.min_steps", "must be >= 0")
     need(f.converge_every >= 0, "fit.converge_every", "must be >= 0 (0 disables the stopping rule)")
-    need(f.converge_tol_px > 0, "fit.converge_tol_px", "must be > 0")
+    need(0 < f.converge_tol < 1, "fit.converge_tol", "must be in (0, 1): a fraction of the moving image's diagonal")
     need(f.converge_patience >= 1, "fit.converge_patience", "must be at least 1")
     need(f.devices == 1, "fit.devices", "must be 1: a registration runs on one device (run pairs in parallel "
                                         "processes to use more)")

@@ -95,3 +95,33 @@ def test_auto_foreground_black_border_and_white_glass():
     grown = auto_foreground(img, margin=0.05)
     shrunk = auto_foreground(img, margin=-0.05)
     assert float(shrunk.float().mean()) < float(fg.float().mean()) < float(grown.float().mean())
+
+
+def _border_connected_by_search(mask: np.ndarray) -> np.ndarray:
+    """Reference: breadth-first search from the border pixels of the mask, 8-connected."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask)
+    todo = [(y, x) for y in range(h) for x in range(w) if mask[y, x] and (y in (0, h - 1) or x in (0, w - 1))]
+    for y, x in todo:
+        seen[y, x] = True
+    while todo:
+        y, x = todo.pop()
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                v, u = y + dy, x + dx
+                if 0 <= v < h and 0 <= u < w and mask[v, u] and not seen[v, u]:
+                    seen[v, u] = True
+                    todo.append((v, u))
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_connected_to_border_matches_a_breadth_first_search(seed):
+    from drmime_pl.core.pyramid import _connected_to_border
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(3, 60, size=2)
+    mask = rng.random((h, w)) < rng.uniform(0.4, 0.7)  # near percolation: long winding paths
+    mask[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = True  # and a solid block, maybe enclosed
+    got = _connected_to_border(torch.from_numpy(mask)).numpy()
+    np.testing.assert_array_equal(got, _border_connected_by_search(mask))

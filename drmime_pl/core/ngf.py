@@ -142,15 +142,20 @@ class Level:
         stack = torch.stack([gray(self.moving).float(), valid])[None].expand(grid.shape[0], -1, -1, -1)
         return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
+    def warped_by(self, matrices: torch.Tensor) -> torch.Tensor:
+        """The gray moving level and its validity warped onto the fixed level by each ``moving_norm_trans_fixed_norm``
+        matrix (``N x 3 x 3``): ``N x 2 x h x w``."""
+        points = self.fixed_points()  # h x w x 2
+        h, w = points.shape[:2]
+        homogeneous = torch.cat([points, torch.ones(h, w, 1, dtype=torch.float64)], -1).reshape(-1, 3)
+        mapped = homogeneous[None] @ matrices.double().transpose(1, 2)  # N x hw x 3
+        return self.warp_moving((mapped[..., :2] / mapped[..., 2:3]).view(-1, h, w, 2))
+
 
 def ngf(level: Level, matrices: torch.Tensor, min_overlap: float = 0.5) -> torch.Tensor:
     """NGF of the fixed level and the moving level warped by each matrix (``N x 3 x 3``): ``N`` scores, ``-inf``
     where less than ``min_overlap`` of the fixed mask lands on valid moving pixels."""
-    points = level.fixed_points()  # h x w x 2
-    h, w = points.shape[:2]
-    homogeneous = torch.cat([points, torch.ones(h, w, 1, dtype=torch.float64)], -1).reshape(-1, 3)
-    mapped = homogeneous[None] @ matrices.double().transpose(1, 2)  # N x hw x 3
-    warped = level.warp_moving((mapped[..., :2] / mapped[..., 2:3]).view(-1, h, w, 2))  # N x 2 x h x w
+    warped = level.warped_by(matrices)  # N x 2 x h x w
     mask = level.mask.float()
     fixed_features = gradient_features(gray(level.fixed), mask) * mask
     moving_features = gradient_features(warped[:, 0], warped[:, 1])

@@ -271,10 +271,17 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
+def png_options(fmt) -> dict:
+    """Pillow save options: PNGs with zlib level 1, which encodes about 4x faster than Pillow's default 6 for files
+    about 10-20% larger (a 2912 x 2912 RGB warped image: ~1 s instead of ~4 s)."""
+    return {"compress_level": 1} if fmt == "PNG" else {}
+
+
 def save_image_atomic(image: torch.Tensor, path: Union[str, os.PathLike]) -> None:
     """Write a ``C x H x W`` [0, 1] image to ``path`` (format from the suffix) via a temporary file and rename."""
     from .atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8_hwc(image)).save(tmp, format=Image.registered_extensions().get(path.suffix.lower()))
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        Image.fromarray(to_uint8_hwc(image)).save(tmp, format=fmt, **png_options(fmt))

@@ -19,6 +19,7 @@ import numpy as np
 from ..core.resample import warp_array
 from ..errors import ImageError
 from .atomic import write_bytes_atomic
+from .images import png_options
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _png16_bytes(array: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+            + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b""))
 
 
 def write_native(array: np.ndarray, axes: str, path, like=None) -> None:
@@ -130,7 +131,8 @@ def write_native(array: np.ndarray, axes: str, path, like=None) -> None:
 
         buf = io.BytesIO()
         try:
-            Image.fromarray(array).save(buf, format=Image.registered_extensions().get(suffix))
+            fmt = Image.registered_extensions().get(suffix)
+            Image.fromarray(array).save(buf, format=fmt, **png_options(fmt))
         except (KeyError, ValueError, OSError) as exc:
             raise ImageError(f"{path}: cannot write this format ({exc}); use .tif or .png") from None
         data = buf.getvalue()

@@ -106,21 +106,18 @@ def write_outputs(result: Registration, fixed: torch.Tensor, moving: torch.Tenso
     the run finished and every other file is whole.
     """
     from .images import save_image_atomic
-    from .render import colour_overlay, resize_long_side
+    from .render import overlay_of
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(config_yaml, out_dir / "config.yaml")
-    if warped or overlay:
-        warped_img = warp_image(moving, torch.as_tensor(result.matrix), result.fixed_shape).clamp_(0, 1)
-        if overlay:
-            small_fixed = resize_long_side(fixed, overlay_size)
-            small_warped = resize_long_side(warped_img, overlay_size)
-            save_image_atomic(colour_overlay(small_fixed, small_warped), out_dir / "overlay.png")
-        if warped:
-            from .native import write_warped_native  # the moving file's own dtype and channels (issue 11)
+    if overlay:
+        save_image_atomic(overlay_of(fixed, moving, result.matrix, overlay_size), out_dir / "overlay.png")
+    if warped:
+        from .native import write_warped_native  # the moving file's own dtype and channels (issue 11)
 
-            if write_warped_native(result, out_dir) is None:
-                save_image_atomic(warped_img, out_dir / "warped.png")
+        if write_warped_native(result, out_dir) is None:  # an array or tensor given, not a file
+            warped_img = warp_image(moving, torch.as_tensor(result.matrix), result.fixed_shape).clamp_(0, 1)
+            save_image_atomic(warped_img, out_dir / "warped.png")
     if itk or elastix:  # transform.tfm / transform_field.mha, TransformParameters.txt (issue 11)
         write_run_exports(result, out_dir, itk=itk, elastix=elastix)
     if started is not None:

@@ -1,6 +1,7 @@
 """Callbacks: stopping rule, non-finite loss guard, Ctrl-C checkpointing and TensorBoard previews."""
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from pathlib import Path
@@ -20,15 +21,16 @@ class ConvergenceStopping(pl.Callback):
 
     The coefficients are averaged over windows of ``every`` steps; at the end of each window the fixed image's four
     corners are mapped into the moving image (full-resolution pixels) with the window's mean coefficients and
-    compared with the previous window's. When they moved less than ``tol_px``, ``patience`` windows in a row, and at
-    least ``min_steps`` steps ran, training stops. Window means, not single steps, because Adam keeps the
+    compared with the previous window's. When they moved less than ``tol`` times the moving image's diagonal,
+    ``patience`` windows in a row, and at least ``min_steps`` steps ran, training stops. Relative to the image, so
+    that a 256 px scan and a 3000 px photograph stop at the same precision. Window means, not single steps, because Adam keeps the
     coefficients jittering around the optimum; averaging coefficients costs one small addition per step.
     The state is saved in checkpoints (Lightning runs ModelCheckpoint after every other callback, so a checkpoint
     at step k holds the state after step k).
     """
 
-    def __init__(self, every: int, tol_px: float, patience: int, min_steps: int):
-        self.every, self.tol_px, self.patience, self.min_steps = int(every), float(tol_px), int(patience), int(min_steps)
+    def __init__(self, every: int, tol: float, patience: int, min_steps: int):
+        self.every, self.tol, self.patience, self.min_steps = int(every), float(tol), int(patience), int(min_steps)
         self.window_sum: Optional[torch.Tensor] = None  # 2 x K: sums of shared and fine coefficients
         self.last_mean: Optional[torch.Tensor] = None  # 4 x 2 corners of the previous window's mean
         self.still_checks = 0
@@ -51,8 +53,10 @@ class ConvergenceStopping(pl.Callback):
             return
         if self.last_mean is not None:
             self.last_motion_px = float((corners - self.last_mean).norm(dim=-1).max())
-            self.still_checks = self.still_checks + 1 if self.last_motion_px < self.tol_px else 0
-            pl_module.log("train/corner_motion_px", self.last_motion_px, on_step=True, batch_size=1)
+            tol_px = self.tol * math.hypot(*pl_module.moving_hw)
+            self.still_checks = self.still_checks + 1 if self.last_motion_px < tol_px else 0
+            if trainer.logger is not None:
+                pl_module.log("train/corner_motion_px", self.last_motion_px, on_step=True, batch_size=1)
         self.last_mean = corners
         if step >= self.min_steps and self.still_checks >= self.patience:
             self.converged = True

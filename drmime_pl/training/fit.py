@@ -139,7 +139,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
     datamodule = PyramidDataModule(sampler)
 
     logger, run_dir, ckpt_dir = False, None, None
-    convergence = ConvergenceStopping(f.converge_every, f.converge_tol_px, f.converge_patience, f.min_steps)
+    convergence = ConvergenceStopping(f.converge_every, f.converge_tol, f.converge_patience, f.min_steps)
     extra_callbacks, callbacks = list(callbacks), [convergence]
     if lg.enabled:
         if resumed_dir is not None:  # the checkpoint's run folder: the same TensorBoard run, the same checkpoints
