@@ -6,7 +6,7 @@ noisy by a fraction of a pixel or more. Once the transform is close, a joint his
 polish, which finds the edges, so that intensity relations MI sees and edges do not (blurred SPECT or PET, a
 near-infrared band against RGB) finish the alignment. It is also the classic baseline beside MINE.
 
-Convention: matrices are ``moving_norm_trans_fixed_norm`` (normalised frames of :mod:`drmime_pl.geometry`),
+Convention: matrices are ``moving_norm_trans_fixed_norm`` (normalised frames of :mod:`drmime_pl.core.geometry`),
 float64 ``N x 3 x 3``.
 """
 from __future__ import annotations
