@@ -132,8 +132,27 @@ def parse_evaluate_args(argv=None):
     parser.add_argument("--redo", action="store_true",
                         help="register every pair again (by default a pair whose OUT/transforms/<pair>/transform.json "
                              "is complete and was made with the same config is re-scored, not re-registered)")
+    parser.add_argument("--devices", type=_positive_int, default=1, metavar="N",
+                        help="processes per node, the pairs split between them by Lightning Fabric (ddp: gloo on "
+                             "CPU, one process per core; NCCL on GPUs, one process per GPU). Default 1: one process, "
+                             "no Fabric. Results equal a one-process run's (README: Many pairs)")
+    parser.add_argument("--num-nodes", type=_positive_int, default=1, metavar="M",
+                        help="nodes of a torchrun or SLURM (srun) job, each running --devices processes; --out must "
+                             "be on a file system every node sees")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default=None,
+                        help="the device of each registration: sets fit.accelerator (default: the config's, cpu)")
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides: section.key=value")
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _evaluate_setup(args):
@@ -158,12 +177,14 @@ def _evaluate_setup(args):
         if args.config or args.overrides:
             print("drmime_pl.evaluate: note: --transforms given, so --config and the overrides are not used",
                   file=sys.stderr)
-        source_factory = lambda: transform_from_dir(folder)  # noqa: E731
+        source_factory = lambda device_index=None: transform_from_dir(folder)  # noqa: E731
     else:
-        cfg = load_config(args.config, list(EVAL_DEFAULTS) + list(args.overrides))
+        accelerator = [f"fit.accelerator={args.accelerator}"] if args.accelerator else []
+        cfg = load_config(args.config, list(EVAL_DEFAULTS) + accelerator + list(args.overrides))
         if cfg.fit.ckpt_path:
             raise UsageError("fit.ckpt_path resumes one registration; it cannot be used for a whole data set")
-        source_factory = lambda: transform_by_registration(cfg, out, redo=args.redo)  # noqa: E731
+        source_factory = lambda device_index=None: transform_by_registration(  # noqa: E731
+            cfg, out, redo=args.redo, device_index=device_index)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -174,7 +195,7 @@ def _evaluate_setup(args):
     else:
         what = f"transforms from {args.transforms}"
     title = f"{'FIRE' if mode == 'fire' else 'Landmark'} evaluation: {source} ({what})"
-    return mode, selected, out, cfg, source_factory(), title
+    return mode, selected, out, cfg, source_factory, title
 
 
 def evaluate_main(argv=None) -> int:
@@ -193,14 +214,24 @@ def _evaluate_main(argv=None) -> int:
     args = parse_evaluate_args(argv)
     debug = any(o.replace(" ", "").lower() == "fit.debug=true" for o in args.overrides)
     try:
-        mode, pairs, out, cfg, get_transform, title = _evaluate_setup(args)
+        mode, pairs, out, cfg, make_source, title = _evaluate_setup(args)
+        reraise = bool(cfg is not None and cfg.fit.debug)
+        if args.devices * args.num_nodes > 1:  # several processes: drmime_pl.evaluation.sharded
+            from .evaluation.sharded import run_sharded
+
+            accelerator = str(cfg.fit.accelerator) if cfg is not None else (args.accelerator or "cpu")
+            merged = run_sharded(pairs, make_source, mode, out, accelerator, args.devices, args.num_nodes, reraise)
+            if merged is None:
+                return 0  # not rank 0: its results are in rank 0's report (0: Fabric's launcher stops all on others)
     except DrmimeError as exc:
         if debug:
             raise
         print(f"drmime_pl.evaluate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    reraise = bool(cfg is not None and cfg.fit.debug)
-    results, interrupted = run(pairs, get_transform, mode, out, reraise=reraise)
+    if args.devices * args.num_nodes > 1:
+        results, interrupted = merged
+    else:
+        results, interrupted = run(pairs, make_source(), mode, out, reraise=reraise)
     if not results:
         print("drmime_pl.evaluate: interrupted before the first pair finished; nothing written", file=sys.stderr)
         return exit_code(interrupted or 2)

@@ -5,6 +5,7 @@ Usage::
     python -m drmime_pl.evaluate --pairs samples/birl/pairs.csv --out eval/birl model.transform=affine
     python -m drmime_pl.evaluate --fire /data/FIRE --config configs/fire.yaml --out eval/fire
     python -m drmime_pl.evaluate --fire /data/FIRE --transforms eval/fire/transforms --out eval/fire-again
+    python -m drmime_pl.evaluate --pairs pairs.csv --out eval/run --devices 4 --accelerator gpu
 
 Inputs
 ------
@@ -30,6 +31,12 @@ TRE of a landmark = ``| matrix(fixed_i) - moving_i |`` in moving-image pixels (A
 diagonal of the fixed image. Per pair: mean, median, max. ANHIR ranks by the median over pairs of the per-pair
 median rTRE; FIRE by the area under the success-rate curve of the per-pair mean TRE over 0..25 px. A pair that
 could not be scored (``failed``) never counts as a success; medians and means are over the scored pairs.
+
+Several processes
+-----------------
+``--devices N [--num-nodes M] [--accelerator cpu|gpu|auto]`` splits the pairs over N processes per node (CPU cores
+or GPUs; torchrun and SLURM jobs for several nodes) with Lightning Fabric's launcher; rank 0 merges the results into
+the same report a single process writes (:mod:`drmime_pl.evaluation.sharded`; README, "Many pairs").
 
 Exit status: 0 when the evaluation completed (failed pairs included), 2 for bad usage, 130 / 143 / 129 when
 stopped by SIGINT / SIGTERM / SIGHUP (the outputs then cover the pairs done so far). Started again with the same

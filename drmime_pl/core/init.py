@@ -14,11 +14,10 @@ def mask_moments(mask: torch.Tensor, hw_full: Sequence[int], scale: float):
     h, w = mask.shape
     ys, xs = torch.nonzero(mask, as_tuple=True)
     full_h, full_w = int(hw_full[0]), int(hw_full[1])
-    # mask pixel centre -> full-resolution pixel (edge-to-edge resize)
-    x_pix = (xs.double() + 0.5) * full_w / w - 0.5
-    y_pix = (ys.double() + 0.5) * full_h / h - 0.5
-    centroid_pix = torch.tensor([x_pix.mean(), y_pix.mean(), 1.0], dtype=torch.float64)
-    centroid = (frame_matrix(hw_full, "pix", "norm", scale) @ centroid_pix)[:2]
+    # mask pixel -> the full-size image's normalised frame, through the grid frame (the mask is resized edge to edge)
+    norm_trans_mask_pix = frame_matrix(hw_full, "grid", "norm", scale) @ frame_matrix((h, w), "pix", "grid")
+    centroid_mask_pix = torch.tensor([xs.double().mean(), ys.double().mean(), 1.0], dtype=torch.float64)
+    centroid = (norm_trans_mask_pix @ centroid_mask_pix)[:2]
     area = xs.numel() * (full_h / h) * (full_w / w)
     return centroid, area
 

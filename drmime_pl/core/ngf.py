@@ -124,12 +124,18 @@ class Level:
         return Level(self.moving, valid > 0.5, self.fixed, self.mask.float(), self.moving_hw, self.fixed_hw,
                      self.scale)
 
+    def fixed_norm_trans_pix(self) -> torch.Tensor:
+        """Pixel (x, y, 1) of the fixed *level* -> the fixed image's normalised frame, through the level-invariant
+        grid frame: float64 ``3 x 3`` (a scale and an offset per axis)."""
+        return frame_matrix(self.fixed_hw, "grid", "norm", self.scale) @ frame_matrix(self.fixed.shape[-2:], "pix",
+                                                                                      "grid")
+
     def fixed_points(self) -> torch.Tensor:
         """Centres of the fixed level's pixels in its normalised frame: ``h x w x 2`` float64."""
         h, w = self.fixed.shape[-2:]
-        half_x, half_y = half_extent(self.fixed_hw, self.scale)
-        ys = (torch.arange(h, dtype=torch.float64) + 0.5) * 2 * half_y / h - half_y
-        xs = (torch.arange(w, dtype=torch.float64) + 0.5) * 2 * half_x / w - half_x
+        m = self.fixed_norm_trans_pix()
+        ys = torch.arange(h, dtype=torch.float64) * m[1, 1] + m[1, 2]
+        xs = torch.arange(w, dtype=torch.float64) * m[0, 0] + m[0, 2]
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([gx, gy], -1)
 

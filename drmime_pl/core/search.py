@@ -100,10 +100,10 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
     min_count = min_overlap * float(mask.sum())
 
     # Canvas pixel (i, j) = fixed level pixel (j - pad_x, i - pad_y), in the fixed normalised frame.
-    half_x, half_y = half_extent(level.fixed_hw, level.scale)
-    step_x, step_y = 2 * half_x / w, 2 * half_y / h  # normalised units per level pixel
-    ys = (torch.arange(p, dtype=torch.float64) - pad_y + 0.5) * step_y - half_y
-    xs = (torch.arange(q, dtype=torch.float64) - pad_x + 0.5) * step_x - half_x
+    norm_trans_pix = level.fixed_norm_trans_pix()
+    step_x, step_y = float(norm_trans_pix[0, 0]), float(norm_trans_pix[1, 1])  # normalised units per level pixel
+    ys = (torch.arange(p, dtype=torch.float64) - pad_y) * step_y + norm_trans_pix[1, 2]
+    xs = (torch.arange(q, dtype=torch.float64) - pad_x) * step_x + norm_trans_pix[0, 2]
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     canvas = torch.stack([gx, gy], -1)  # P x Q x 2
     # Circular shifts beyond the padding wrap around: not allowed.

@@ -1,13 +1,9 @@
 """Landmark data sets: the pairs to evaluate and their points.
 
-``--pairs PAIRS.csv`` (ANHIR/BIRL): columns ``name, fixed_image, moving_image, fixed_landmarks, moving_landmarks``
-and optionally ``modality`` (the group of the summary); paths relative to the CSV's folder. Landmark files are
-CSVs with columns ``,X,Y``.
-
-``--fire FIRE_DIR``: the folder as FIRE ships it. Pairs are discovered from the ground truth,
-``FIRE_DIR/Ground Truth/control_points_<pair>_1_2.txt`` (lines ``x1 y1 x2 y2``, image 1 = fixed); the images are
-``FIRE_DIR/Images/<pair>_1.jpg`` (fixed) and ``<pair>_2.jpg`` (moving). The category is the first letter of the
-pair name (S, P or A).
+An ANHIR/BIRL pair list (:func:`read_pairs_csv`, ``--pairs``) or a FIRE folder as it ships (:func:`discover_fire`,
+``--fire``; pairs from its ground-truth files, category = first letter of the name), narrowed by globs
+(:func:`select_pairs`); the landmarks of a pair, paired up to the shorter list (:func:`read_points`). The formats
+are described in :mod:`drmime_pl.evaluate` and the README.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -50,28 +50,34 @@ def progress_line(result: PairResult, mode: str) -> str:
     return score + secs + (" [registered earlier; --redo registers again]" if result.skipped else "")
 
 
-def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: bool = False):
+def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: bool = False,
+        csv_path: Optional[Path] = None, prefix: Optional[str] = None):
     """Score the pairs in order, one progress line each on stderr; rewrite ``pairs.csv`` after each pair.
 
     Returns ``(results, interrupted)``: ``interrupted`` is False, or the number of the signal that stopped the
-    run (SIGINT, SIGTERM, SIGHUP); the report files are written by the caller.
+    run (SIGINT, SIGTERM, SIGHUP); the report files are written by the caller. ``csv_path``: the file rewritten
+    after each pair instead of ``out/pairs.csv``; ``prefix``: each progress line starts with it and is printed
+    whole when the pair is done (several processes share stderr: :mod:`drmime_pl.evaluation.sharded`).
     """
     results: List[PairResult] = []
     n = len(pairs)
+    csv_path = out / "pairs.csv" if csv_path is None else csv_path
     for i, pair in enumerate(pairs, start=1):
-        print(f"[{i}/{n}] {pair.name} ... ", end="", file=sys.stderr, flush=True)
+        head = f"[{i}/{n}] {pair.name} ... "
+        if prefix is None:
+            print(head, end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
             result = evaluate_pair(pair, get_transform, reraise=reraise)
         except (KeyboardInterrupt, RegistrationInterrupted) as exc:  # Ctrl-C/SIGTERM/SIGHUP, between or in a pair
             from ..training.signals import signum_of
 
-            print("interrupted", file=sys.stderr)
+            print("interrupted" if prefix is None else f"{prefix}{head}interrupted", file=sys.stderr, flush=True)
             return results, signum_of(exc)
         line = progress_line(result, mode)
         if result.ok and not math.isfinite(result.seconds):
             line += f" ({time.perf_counter() - start:.1f} s)"
-        print(line, file=sys.stderr, flush=True)
+        print(line if prefix is None else f"{prefix}{head}{line}", file=sys.stderr, flush=True)
         results.append(result)
-        write_text_atomic(pairs_csv_text(results), out / "pairs.csv")
+        write_text_atomic(pairs_csv_text(results), csv_path)
     return results, False

@@ -90,8 +90,10 @@ def finished_earlier(folder: Path, config_yaml: str) -> Optional[dict]:
         return None
 
 
-def transform_by_registration(cfg, out: Path, redo: bool = False) -> Callable[[Pair], dict]:
-    """A transform source that registers the pair with ``cfg`` and writes its files to ``out/transforms/<name>/``.
+def transform_by_registration(cfg, out: Path, redo: bool = False, device_index: Optional[int] = None
+                              ) -> Callable[[Pair], dict]:
+    """A transform source that registers the pair with ``cfg`` and writes its files to ``out/transforms/<name>/``
+    (``device_index``: the GPU to use, for a process of a sharded run; default the first).
 
     A pair whose folder already holds a complete ``transform.json`` made with the same configuration (a run that
     was interrupted, then started again) is not registered again, unless ``redo``; its result is re-scored.
@@ -117,7 +119,7 @@ def transform_by_registration(cfg, out: Path, redo: bool = False) -> Callable[[P
         for label, p in (("fixed", pair.fixed_image), ("moving", pair.moving_image)):
             if p is None:
                 raise DrmimeError(f"no {label} image given")
-        result = fit(c, fixed=str(pair.fixed_image), moving=str(pair.moving_image))
+        result = fit(c, fixed=str(pair.fixed_image), moving=str(pair.moving_image), device_index=device_index)
         return {"matrix": check_matrix(result.matrix), "fixed_shape": tuple(int(v) for v in result.fixed_shape),
                 "seconds": float(result.seconds), "steps": int(result.steps),
                 "suspect": result.quality.get("suspect") if result.quality else None}

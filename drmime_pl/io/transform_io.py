@@ -99,13 +99,12 @@ def inverse_registration(reg):
 
 
 def rescale_matrix(matrix, old_fixed_hw, new_fixed_hw, old_moving_hw, new_moving_hw) -> np.ndarray:
-    """The same field of view at other resolutions: pixel grids scaled edge to edge (``x' = (x + 0.5) r - 0.5``)."""
+    """The same field of view at other resolutions: the grid frames, which run edge to edge, are shared
+    (``x' = (x + 0.5) r - 0.5`` in pixels)."""
+    from ..core.geometry import reframe
 
-    def s(old, new):
-        ry, rx = new[0] / old[0], new[1] / old[1]
-        return np.array([[rx, 0, 0.5 * rx - 0.5], [0, ry, 0.5 * ry - 0.5], [0, 0, 1.0]])
-
-    m = s(old_moving_hw, new_moving_hw) @ np.asarray(matrix, np.float64) @ np.linalg.inv(s(old_fixed_hw, new_fixed_hw))
+    grid = reframe(np.asarray(matrix, np.float64), old_fixed_hw, old_moving_hw, "pix", "grid")
+    m = reframe(grid, new_fixed_hw, new_moving_hw, "grid", "pix").numpy()
     return m / m[2, 2]
 
 

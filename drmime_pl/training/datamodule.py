@@ -68,14 +68,13 @@ class PixelBatchSampler:
                 cdf = torch.cumsum(flat_w.double(), 0)
                 self.tables.append(("cdf", cdf / cdf[-1]))
         fixed_norm_trans_grid = frame_matrix(fixed_hw, "grid", "norm", scale).float()  # 3 x 3, diagonal
-        # Per level: pixel (col, row) -> normalised, as a scale and an offset per axis.
+        # Per level: pixel (col, row) -> normalised, through the level-invariant grid frame, as a scale and an offset
+        # per axis.
         self.to_norm = []
         for img in fixed_pyramid:
             h, w = img.shape[-2:]
-            sx, sy = fixed_norm_trans_grid[0, 0], fixed_norm_trans_grid[1, 1]
-            scale_xy = torch.tensor([2.0 / w * sx, 2.0 / h * sy])
-            offset_xy = torch.tensor([(1.0 / w - 1.0) * sx, (1.0 / h - 1.0) * sy])
-            self.to_norm.append((w, scale_xy, offset_xy))
+            norm_trans_pix = fixed_norm_trans_grid @ frame_matrix((h, w), "pix", "grid").float()  # 3 x 3
+            self.to_norm.append((w, norm_trans_pix.diagonal()[:2].clone(), norm_trans_pix[:2, 2].clone()))
 
     def batch(self, step: int) -> Dict[str, torch.Tensor]:
         g = _step_generator(self.seed, step)

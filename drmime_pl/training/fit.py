@@ -57,9 +57,10 @@ def check_checkpoint(path: str, identity: dict) -> None:
         )
 
 
-def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=()):
+def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(), device_index=None):
     """Register ``cfg.data.moving`` to ``cfg.data.fixed`` (or the given arrays/tensors) and return a
     :class:`~drmime_pl.io.result.Registration`. ``callbacks``: extra Lightning callbacks for the Trainer.
+    ``device_index``: the GPU to run on (``evaluate --devices N``: each process its own); default the first.
 
     Writes, when ``cfg.logging.enabled``: TensorBoard events and ``checkpoints/last.ckpt`` under
     ``<logging.log_dir>/<logging.name>/version_N`` (a relative ``log_dir`` lies inside ``output.dir`` when that is
@@ -169,7 +170,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=())
                          else RegisterProgressBar(refresh_rate=10))
 
     try:
-        trainer = _make_trainer(cfg, logger, callbacks)
+        trainer = _make_trainer(cfg, logger, callbacks, device_index)
     except Exception as exc:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
         raise ConfigError(f"fit.accelerator={f.accelerator!r}, fit.precision={f.precision!r}: "
                           f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
@@ -271,7 +272,7 @@ def _coefficients_of(matrix_normalised: torch.Tensor, model: str):
     return shared, torch.zeros_like(shared)
 
 
-def _make_trainer(cfg: DictConfig, logger, callbacks):
+def _make_trainer(cfg: DictConfig, logger, callbacks, device_index=None):
     import pytorch_lightning as pl
 
     from pytorch_lightning.callbacks import ProgressBar
@@ -282,7 +283,8 @@ def _make_trainer(cfg: DictConfig, logger, callbacks):
     f, lg = cfg.fit, cfg.logging
     return pl.Trainer(
         plugins=[AtomicCheckpointIO()],
-        accelerator="gpu" if f.accelerator == "cuda" else f.accelerator, devices=f.devices,
+        accelerator="gpu" if f.accelerator == "cuda" else f.accelerator,
+        devices=f.devices if device_index is None else [int(device_index)],
         precision=f.precision if f.precision.endswith("mixed") else int(f.precision),
         max_steps=f.max_steps, max_epochs=-1, logger=logger, callbacks=callbacks,
         enable_checkpointing=bool(lg.enabled),
