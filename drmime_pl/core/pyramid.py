@@ -91,8 +91,8 @@ def _fill_runs(region: torch.Tensor, allowed: torch.Tensor, dim: int) -> torch.T
     that touches the region joins it. ``h x w`` bool tensors."""
     h, w = allowed.shape
     run = (~allowed).long().cumsum(dim)  # constant along each run of allowed pixels, per row (column)
-    line = torch.arange(h if dim == 1 else w).view(-1, 1) if dim == 1 else torch.arange(w).view(1, -1)
-    ids = (run + line * (allowed.shape[dim] + 1)).reshape(-1)
+    line = torch.arange(h).view(-1, 1) if dim == 1 else torch.arange(w).view(1, -1)
+    ids = (run + line * (allowed.shape[dim] + 1)).reshape(-1)  # each row (column) gets its own range of run ids
     touched = torch.zeros(int(ids.max()) + 1, dtype=torch.bool)
     touched[ids[(region & allowed).reshape(-1)]] = True
     return touched[ids].view(h, w) & allowed
