@@ -138,8 +138,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Di
         for item in overrides:  # one at a time, so that an error names its override
             try:
                 cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-            except OmegaConfBaseException:  # an unknown key (a KeyError too): _describe_omegaconf_error names it
-                raise
+            except OmegaConfBaseException as exc:  # an unknown key, a wrong type: named, without the config file's
+                raise ConfigError(_describe_omegaconf_error(exc, None)) from None  # path (the mistake is not there)
             except (TypeError, ValueError, KeyError, IndexError) as exc:  # e.g. model.mine_hidden.5=3
                 key = item.split("=", 1)[0].strip()
                 raise ConfigError(

@@ -28,3 +28,11 @@ def test_unknown_key_suggests_the_closest(typo, expected):
     with pytest.raises(ConfigError, match=rf"did you mean {re.escape(expected)}\?"):
         load_config(None, [f"{typo}=x"])
     assert closest_key("zzzz.qqqq") is None
+
+
+def test_an_unknown_override_is_not_blamed_on_the_config_file():
+    config = REPO / "configs" / "default.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(str(config), ["fit.converge_tol_px=0.5"])  # the key renamed to fit.converge_tol
+    message = str(err.value)
+    assert "default.yaml" not in message and "'fit.converge_tol_px'" in message and "fit.converge_tol?" in message
