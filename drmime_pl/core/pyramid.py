@@ -161,12 +161,13 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
     background = border.median(dim=1).values.view(c, 1, 1)
     # No background when the border is not mostly one colour (a textured image, a crop inside tissue).
     border_is_background = float(((border - background.view(c, 1)).abs().amax(0) <= threshold).float().mean())
-    everything = torch.ones((h, w) if full_size else small.shape[-2:], dtype=torch.bool)
-    if border_is_background < 0.75:  # before the flood fill, which costs about a second at 512 px
-        return everything
-    fg_small = ~_connected_to_border((small - background).abs().amax(0) <= threshold)
-    if float(fg_small.float().mean()) < 0.01 or not _is_object(fg_small):
-        return everything
+    # ... checked before the flood fill, which costs most; then the mask must keep 1% and be a solid object.
+    no_background = border_is_background < 0.75
+    if not no_background:
+        fg_small = ~_connected_to_border((small - background).abs().amax(0) <= threshold)
+        no_background = float(fg_small.float().mean()) < 0.01 or not _is_object(fg_small)
+    if no_background:
+        return torch.ones((h, w) if full_size else small.shape[-2:], dtype=torch.bool)
     radius = int(round(abs(margin) * max(small.shape[-2:])))
     if radius > 0:
         pool = lambda m: F.max_pool2d(m[None, None].float(), 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0.5  # noqa: E731

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..core.channels import luminance
-from ..core.geometry import warp_image
+from ..core.geometry import frame_matrix, warp_image
 from ..core.pyramid import min_max_normalise
 
 
@@ -38,13 +38,6 @@ def resize_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
     return out[0]
 
 
-def _pix_big_trans_pix_small(big_hw, small_hw) -> torch.Tensor:
-    """``3 x 3``: pixel (x, y, 1) of a resized copy -> pixel of the original (pixel centres, as ``interpolate`` with
-    ``align_corners=False`` places them)."""
-    sx, sy = big_hw[1] / small_hw[1], big_hw[0] / small_hw[0]
-    return torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
-
-
 def overlay_of(fixed: torch.Tensor, moving: torch.Tensor, moving_pix_trans_fixed_pix, size: int) -> torch.Tensor:
     """:func:`colour_overlay` of the fixed image and the warped moving image, long side at most ``size``.
 
@@ -54,8 +47,9 @@ def overlay_of(fixed: torch.Tensor, moving: torch.Tensor, moving_pix_trans_fixed
     small_fixed = resize_long_side(fixed, size)
     factor = max(small_fixed.shape[-2:]) / max(fixed.shape[-2:])
     small_moving = resize_long_side(moving, max(1, round(max(moving.shape[-2:]) * factor)))
-    matrix = (torch.linalg.inv(_pix_big_trans_pix_small(moving.shape[-2:], small_moving.shape[-2:]))
+    # small pixel -> full-size pixel through the grid frame, which resizing edge to edge leaves unchanged
+    matrix = (frame_matrix(small_moving.shape[-2:], "grid", "pix") @ frame_matrix(moving.shape[-2:], "pix", "grid")
               @ torch.as_tensor(moving_pix_trans_fixed_pix, dtype=torch.float64)
-              @ _pix_big_trans_pix_small(fixed.shape[-2:], small_fixed.shape[-2:]))
+              @ frame_matrix(fixed.shape[-2:], "grid", "pix") @ frame_matrix(small_fixed.shape[-2:], "pix", "grid"))
     warped = warp_image(small_moving, matrix, small_fixed.shape[-2:]).clamp_(0, 1)
     return colour_overlay(small_fixed, warped)
