@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .ngf import Level, gray
+from .ngf import Level, gray, overlap_needed
 
 
 def joint_histogram_mi(fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor, bins: int = 32) -> torch.Tensor:
@@ -40,9 +40,9 @@ def joint_histogram_mi(fixed: torch.Tensor, moving: torch.Tensor, weights: torch
 
 
 def histogram_mi(level: Level, matrices: torch.Tensor, bins: int = 32, min_overlap: float = 0.5) -> torch.Tensor:
-    """MI of the fixed level and the moving level warped by each matrix: ``N`` scores, ``-inf`` where less than
-    ``min_overlap`` of the fixed mask lands on valid moving pixels. Intensities are the levels' own [0, 1] range
-    (gray: the mean of the compared channels)."""
+    """MI of the fixed level and the moving level warped by each matrix: ``N`` scores, ``-inf`` where the overlap
+    is smaller than :func:`~drmime_pl.core.ngf.overlap_needed`. Intensities are the levels' own [0, 1] range (gray:
+    the mean of the compared channels)."""
     warped = level.warped_by(matrices)  # N x 2 x h x w
     n = warped.shape[0]
     mask = level.mask.float().reshape(-1)
@@ -51,7 +51,7 @@ def histogram_mi(level: Level, matrices: torch.Tensor, bins: int = 32, min_overl
     inside = fixed[mask > 0] if bool((mask > 0).any()) else fixed
     fixed = (fixed - inside.min()) / (inside.max() - inside.min()).clamp_min(1e-8)
     mi = joint_histogram_mi(fixed, warped[:, 0].reshape(n, -1), weights, bins)
-    enough = weights.sum(1) >= min_overlap * mask.sum()
+    enough = weights.sum(1) >= overlap_needed(level, matrices, min_overlap)
     return torch.where(enough, mi, torch.full_like(mi, float("-inf")))
 
 

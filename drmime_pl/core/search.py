@@ -5,13 +5,17 @@ differ by up to 90 degrees (remote sensing), a scale of 0.5-2 or a third of the 
 the optimisation starts from the best of many similarity transforms ``p_m = s R(angle) p_f + shift``, scored by
 normalised gradient fields (:mod:`drmime_pl.core.ngf`), which need no training.
 
-1. On a ~32 px copy, every angle x scale of a grid, each with *every* shift up to half the image. For a linear
-   part ``A``, the moving image is resampled on a canvas in the fixed image's frame, ``W(y) = M(A y)``, twice the
-   fixed image's size; a shift ``t`` of the canvas is the transform ``p_m = A (p_f + t)``, and NGF for every
-   shift is one FFT cross-correlation. A candidate's score is how far its best shift stands out from all its
-   shifts (a z-score), which removes the baseline that differs between scales.
-2. The best few (and the ``seeds``: identity, the moments estimate) are refined by compass search on ~64 and
-   ~128 px levels and ranked by NGF taken both ways.
+1. On ~128, ~64 and ~32 px copies, every angle (7.5 degree steps) x scale of a grid, each with *every* shift up to
+   half the image. For a linear part ``A``, the moving image is resampled on a canvas in the fixed image's frame,
+   ``W(y) = M(A y)``, twice the fixed image's size; a shift ``t`` of the canvas is the transform
+   ``p_m = A (p_f + t)``, and NGF for every shift is one FFT cross-correlation. A candidate's score is how far its
+   best shift stands out from all its shifts (a z-score), which removes the baseline that differs between scales.
+   The edge features are *centred* (:func:`~drmime_pl.core.ngf.gradient_features`): between modalities (optical
+   and infrared, depth or night images) only the co-variation of edge directions marks the truth. Each level
+   contributes its best candidates: the finer ones resolve angles to a few degrees, which cross-modal pairs need,
+   the 32 px one (also with plain, uncentred NGF, as before) tolerates the scale grid's coarseness.
+2. The best few of each level (and the ``seeds``: identity, the moments estimate) are refined by compass search
+   on ~64 and ~128 px levels and ranked by centred NGF taken both ways.
 
 Convention: matrices are ``moving_norm_trans_fixed_norm`` (normalised frames of :mod:`drmime_pl.core.geometry`),
 float64 ``3 x 3``; angles in radians, x towards y.
@@ -27,8 +31,12 @@ import torch
 from .geometry import TRANSFORM_DOFS
 from .ngf import Level, gradient_features, gray, half_extent, ngf, ngf_all_shifts, symmetric_ngf
 
-#: Long sides (pixels) of the levels of the three stages.
-STAGE_SIZES = (32, 64, 128)
+#: Stage 1's levels (long side, pixels) and whether their edge features are centred, finest first. Each contributes
+#: its own best candidates: finer levels resolve detail that lines up only within a few degrees; the coarsest
+#: tolerates a scale between the grid's steps.
+SHIFT_STAGES = ((128, True), (64, True), (32, True), (32, False))
+#: ... and of the levels of the compass refinement (stage 2) that follows.
+REFINE_SIZES = (64, 128)
 
 
 @dataclass
@@ -83,21 +91,23 @@ def similarity_matrices(params: torch.Tensor) -> torch.Tensor:
 
 
 def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_shift: float = 0.5,
-                min_overlap: float = 0.5, chunk: int = 8) -> List[Candidate]:
+                min_overlap: float = 0.5, chunk: int = 8, centred: bool = True) -> List[Candidate]:
     """For each linear part ``A = scale R(angle)`` (``N`` each), the shift with the highest NGF, every shift up to
     ``max_shift`` times the fixed level's size on each axis (at most 0.5) being tried by FFT.
 
-    The candidates' scores are z-scores: (best NGF - mean over all shifts) / their standard deviation.
+    The candidates' scores are z-scores: (best NGF - mean over all shifts) / their standard deviation. NGF is of
+    centred edge features (:func:`~drmime_pl.core.ngf.gradient_features`) unless ``centred`` is False.
     """
     h, w = level.fixed.shape[-2:]
     pad_y, pad_x = int(math.ceil(h * max_shift)), int(math.ceil(w * max_shift))
     p, q = h + 2 * pad_y, w + 2 * pad_x
     mask = level.mask.float()
-    fixed_features = torch.zeros(3, p, q)
-    fixed_features[:, pad_y:pad_y + h, pad_x:pad_x + w] = gradient_features(gray(level.fixed), mask) * mask
+    features = gradient_features(gray(level.fixed), mask, centred=centred) * mask
+    fixed_features = torch.zeros(features.shape[0], p, q)
+    fixed_features[:, pad_y:pad_y + h, pad_x:pad_x + w] = features
     fixed_mask = torch.zeros(p, q)
     fixed_mask[pad_y:pad_y + h, pad_x:pad_x + w] = mask
-    min_count = min_overlap * float(mask.sum())
+    fixed_count = float(mask.sum())
 
     # Canvas pixel (i, j) = fixed level pixel (j - pad_x, i - pad_y), in the fixed normalised frame.
     norm_trans_pix = level.fixed_norm_trans_pix()
@@ -114,15 +124,24 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
     allowed = (dy.abs() <= pad_y)[:, None] & (dx.abs() <= pad_x)[None, :]
 
     angles, scales = angles.double().reshape(-1), scales.double().reshape(-1)
-    out: List[Candidate] = []
-    for start in range(0, angles.numel(), chunk):
-        a = similarity_matrices(torch.stack([angles[start:start + chunk], scales[start:start + chunk].log(),
-                                             torch.zeros_like(angles[start:start + chunk]),
-                                             torch.zeros_like(angles[start:start + chunk])], 1))[:, :2, :2]
-        warped = level.warp_moving(torch.einsum("pqj,nij->npqi", canvas, a))  # n x 2 x P x Q
+    primaries, partner = _half_turn_partners(angles, scales)
+    out: List[Candidate] = [None] * angles.numel()  # type: ignore[list-item]  (filled in the input's order)
+    for start in range(0, len(primaries), chunk):
+        ids = primaries[start:start + chunk]
+        warped = level.warp_moving(torch.einsum("pqj,nij->npqi", canvas, _linear_parts(angles[ids], scales[ids])))
+        features = gradient_features(warped[:, 0], warped[:, 1], centred=centred)  # n x 3 x P x Q
         valid = (warped[:, 1] > 0.5).float()
-        score = ngf_all_shifts(fixed_features, fixed_mask, gradient_features(warped[:, 0], warped[:, 1]), valid,
-                               min_count)
+        # The canvas is centred on the fixed image, so half a turn more is the same canvas flipped both ways,
+        # W_{angle + pi}(y) = W_angle(-y), and the edge features (squares of the normal) flip with it: no warp.
+        with_partner = [k for k, i in enumerate(ids) if partner[i] >= 0]
+        if with_partner:
+            features = torch.cat([features, features[with_partner].flip(-2, -1)])
+            valid = torch.cat([valid, valid[with_partner].flip(-2, -1)])
+            ids = ids + [partner[ids[k]] for k in with_partner]
+        # At least min_overlap of the smaller image (as ngf.overlap_needed): the canvas holds the moving image's
+        # valid pixels in fixed-level pixels.
+        min_count = min_overlap * torch.clamp(valid.sum((1, 2)), max=fixed_count)
+        score = ngf_all_shifts(fixed_features, fixed_mask, features, valid, min_count[:, None, None])
         score = torch.where(allowed, score, torch.full_like(score, float("-inf"))).reshape(score.shape[0], -1)
         finite = torch.isfinite(score)
         count = finite.sum(1).clamp_min(2)
@@ -130,12 +149,42 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
         mean = values.sum(1) / count
         std = (torch.where(finite, (score - mean[:, None]) ** 2, torch.zeros_like(score)).sum(1) / (count - 1)).sqrt()
         best = score.argmax(1)
-        for k in range(score.shape[0]):
+        a = _linear_parts(angles[ids], scales[ids])
+        for k, i in enumerate(ids):
             iy, ix = int(best[k]) // q, int(best[k]) % q
             t = torch.tensor([float(dx[ix]) * step_x, float(dy[iy]) * step_y], dtype=torch.float64)
             z = (float(score[k, best[k]]) - float(mean[k])) / max(float(std[k]), 1e-9)
-            out.append(Candidate(float(angles[start + k]), float(scales[start + k]), a[k] @ t, z))
+            out[i] = Candidate(float(angles[i]), float(scales[i]), a[k] @ t, z)
     return out
+
+
+def _linear_parts(angles: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``scale R(angle)`` for ``N`` angles and scales: ``N x 2 x 2`` float64."""
+    zeros = torch.zeros_like(angles)
+    return similarity_matrices(torch.stack([angles, scales.log(), zeros, zeros], 1))[:, :2, :2]
+
+
+def _half_turn_partners(angles: torch.Tensor, scales: torch.Tensor):
+    """Indices to warp (``primaries``) and, for each index, the one half a turn away at the same scale that reuses its
+    warp (``partner[i]``, -1: none). Every index is a primary or a primary's partner."""
+    turn = round(2 * math.pi * 1e6)
+
+    def key(angle: float, scale: float):
+        return round((angle % (2 * math.pi)) * 1e6) % turn, round(scale, 9)
+
+    index = {key(float(a), float(s)): i for i, (a, s) in enumerate(zip(angles, scales))}
+    partner = [-1] * angles.numel()
+    primaries, taken = [], set()
+    for i in range(angles.numel()):
+        if i in taken:
+            continue
+        taken.add(i)
+        primaries.append(i)
+        j = index.get(key(float(angles[i]) + math.pi, float(scales[i])))
+        if j is not None and j not in taken:
+            partner[i] = j
+            taken.add(j)
+    return primaries, partner
 
 
 def compass_search(level: Level, starts: Sequence[Candidate], steps: Sequence[float],
@@ -157,7 +206,7 @@ def compass_search(level: Level, starts: Sequence[Candidate], steps: Sequence[fl
     for _ in range(iterations):
         trial = params[:, None] + moves[None] * step[:, None]  # S x 9 x 4
         trial[..., 1] = torch.minimum(torch.maximum(trial[..., 1], lo), hi)
-        scores = ngf(level, similarity_matrices(trial.reshape(-1, 4))).view(-1, 9).double()
+        scores = ngf(level, similarity_matrices(trial.reshape(-1, 4)), centred=True).view(-1, 9).double()
         best = scores.argmax(1)
         improved = scores[rows, best] > scores[:, 0]
         params = torch.where(improved[:, None], trial[rows, best], params)
@@ -176,10 +225,10 @@ def global_search(
     scale: float,
     model: str,
     seeds: Sequence[Candidate] = (),
-    angle_step_deg: float = 15.0,
+    angle_step_deg: float = 7.5,
     scale_range: Sequence[float] = (0.5, 2.0),
     scale_steps: int = 5,
-    keep: Sequence[int] = (8, 3),
+    keep: Sequence[int] = (8, 4),
 ) -> List[Candidate]:
     """Coarse-to-fine search for the initial similarity transform (see the module's docstring).
 
@@ -190,7 +239,8 @@ def global_search(
         model: rotations are searched for models with one (rigid and up), scales for similarity and up.
         seeds: starts that always compete in the refinement (identity, moments).
         angle_step_deg, scale_range, scale_steps: the grid of stage 1.
-        keep: how many candidates go on to stage 2 (besides the seeds) and to stage 3.
+        keep: how many candidates of each level of stage 1 go on to the refinement, and how many of those from its
+            first level to the next (besides the seeds and each level's best, which go on to the end).
 
     Returns:
         The refined candidates, best first by symmetric NGF on the ~128 px level.
@@ -206,24 +256,37 @@ def global_search(
     else:
         scales, log_ratio = torch.ones(1, dtype=torch.float64), 0.0
     grid_a, grid_s = torch.meshgrid(angles, scales, indexing="ij")
-    levels = [Level.from_pyramids(fixed_pyramid, fixed_masks, moving_pyramid, moving_valid, fixed_hw, moving_hw,
-                                  scale, size) for size in STAGE_SIZES]
-    found = best_shifts(levels[0], grid_a.reshape(-1), grid_s.reshape(-1))
-    starts = _best_distinct(found, keep[0], step, log_ratio) + list(seeds)
-    shift_step = 2.0 * max(half_extent(fixed_hw, scale)) / max(levels[0].fixed.shape[-2:])  # one coarse pixel
-    for stage, level in enumerate(levels[1:]):
-        step, log_ratio, shift_step = step / 2, log_ratio / 2, shift_step / 2
-        refined = compass_search(level, starts, [step if dofs >= 3 else 0.0, log_ratio if dofs >= 4 else 0.0,
-                                                 shift_step, shift_step])
-        scores = symmetric_ngf(level, torch.stack([c.matrix for c in refined]))
+
+    def level(size: int) -> Level:
+        return Level.from_pyramids(fixed_pyramid, fixed_masks, moving_pyramid, moving_valid, fixed_hw, moving_hw,
+                                   scale, size)
+
+    # Stage 1, finest level first, so that a coarser level's near-duplicate of a candidate is dropped, not the
+    # better resolved one. Each level's best candidate always goes on, with the seeds: on a coarse level of the
+    # refinement a zoomed-in candidate can outscore the truth that a finer level ranked first.
+    starts: List[Candidate] = []
+    always: List[Candidate] = []
+    for size, centred in SHIFT_STAGES:
+        found = best_shifts(level(size), grid_a.reshape(-1), grid_s.reshape(-1), centred=centred)
+        for rank, c in enumerate(_best_distinct(found, keep[0], step, log_ratio)):
+            if all(_distinct(c, p, step, log_ratio) for p in starts + always):
+                (always if rank == 0 else starts).append(c)
+    always += list(seeds)
+    refine_levels = [level(size) for size in REFINE_SIZES]
+    shift_step = 2.0 * max(half_extent(fixed_hw, scale)) / max(refine_levels[0].fixed.shape[-2:])  # one pixel
+    step, log_ratio = step / 2, log_ratio / 2
+    for stage, lvl in enumerate(refine_levels):
+        refined = compass_search(lvl, starts + always, [step if dofs >= 3 else 0.0, log_ratio if dofs >= 4 else 0.0,
+                                                        shift_step, shift_step])
+        scores = symmetric_ngf(lvl, torch.stack([c.matrix for c in refined]), centred=True)
         for c, s in zip(refined, scores):
             c.score = float(s)
-        n_seeds = len(seeds)
-        found_seeds, others = refined[len(refined) - n_seeds:], refined[: len(refined) - n_seeds]
-        others.sort(key=lambda c: c.score, reverse=True)
-        if stage + 1 < len(keep):  # the seeds always go on: identity and moments must compete to the end
-            others = others[: keep[stage + 1]]
-        starts = others + found_seeds
+        starts, always = refined[: len(starts)], refined[len(starts):]
+        starts.sort(key=lambda c: c.score, reverse=True)
+        if stage + 1 < len(keep):
+            starts = starts[: keep[stage + 1]]
+        step, log_ratio, shift_step = step / 2, log_ratio / 2, shift_step / 2
+    starts += always
     return sorted(starts, key=lambda c: c.score, reverse=True)
 
 

@@ -1,0 +1,113 @@
+"""Issue 8: what the global search scores, on the failure modes found on the real remote-sensing pairs.
+
+* a moving image that shows only part of the fixed scene (optical/SAR pairs of 448 and 256 px at one scale): the
+  overlap rule is relative to the smaller image, so the truth is not ruled out;
+* no-data fill on part of the border (the black corners of a rotated scene) is background, a dark textured image is
+  not;
+* centred edge features: a region of dense extra texture in one image does not outweigh the true alignment.
+"""
+import math
+
+import torch
+
+import drmime_pl
+from drmime_pl.core.geometry import mean_corner_error, warp_image
+from drmime_pl.core.ngf import Level, gradient_features, ngf
+from drmime_pl.core.pyramid import auto_foreground
+from drmime_pl.core.search import best_shifts
+
+from .conftest import FAST, nonmonotonic, textured_image
+from .test_capture_range import similarity_about_centres
+
+
+def _level(fixed, moving, size=96):
+    from drmime_pl.core.geometry import pair_scale
+
+    scale = pair_scale(fixed.shape[-2:])
+    return Level.from_pyramids([fixed], [torch.ones(fixed.shape[-2:], dtype=torch.bool)], [moving], None,
+                               fixed.shape[-2:], moving.shape[-2:], scale, size)
+
+
+def test_a_moving_image_showing_a_third_of_the_fixed_scene_is_recovered():
+    fixed = textured_image(192, seed=5)
+    # moving = the top-left 112 x 112 px of the fixed scene, remapped: aligned, it covers 34% of the fixed image
+    truth = torch.eye(3, dtype=torch.float64)
+    moving = nonmonotonic(fixed)[:, :112, :112].contiguous()
+    reg = drmime_pl.register(fixed, moving, overrides=FAST)
+    error = mean_corner_error(reg.matrix, truth, reg.fixed_shape)
+    assert error < 1.0, (error, reg.quality)
+
+
+def test_overlap_is_judged_against_the_smaller_image():
+    fixed = textured_image(192, seed=5)
+    moving = nonmonotonic(fixed)[:, :112, :112].contiguous()
+    level = _level(fixed, moving)
+    from drmime_pl.core.geometry import frame_matrix, pair_scale
+
+    scale = pair_scale(fixed.shape[-2:])
+    truth = (frame_matrix(moving.shape[-2:], "pix", "norm", scale) @ frame_matrix(fixed.shape[-2:], "norm", "pix",
+                                                                                   scale))[None]
+    assert torch.isfinite(ngf(level, truth)).all()
+    # ... but a transform that leaves a sliver of the moving image on the fixed one still scores -inf
+    sliver = truth.clone()
+    sliver[0, 0, 2] -= 1.6
+    assert not torch.isfinite(ngf(level, sliver)).any()
+
+
+def _rotated_scene(angle_deg=30.0, size=160, base=0.25, seed=6):
+    scene = (base + 0.6 * textured_image(size, seed=seed)).clamp(0.04, 1)
+    truth = similarity_about_centres(angle_deg, 1.0, (size, size), (size, size))
+    return warp_image(scene, torch.linalg.inv(truth), (size, size))  # black (0) where no data
+
+
+def test_black_fill_on_part_of_the_border_is_background():
+    image = _rotated_scene()
+    fg = auto_foreground(image, margin=0.03)
+    content = image.amax(0) > 0.03
+    assert not fg[0, 0] and not fg[-1, -1] and fg[80, 80]
+    # all of it inside the content, shrunk (not grown) by the margin, and most of the content kept
+    assert not (fg & ~content).any()
+    assert 0.8 * float(content.float().mean()) < float(fg.float().mean()) < float(content.float().mean())
+
+
+def test_dark_textured_images_have_no_background():
+    # a dark infrared-like scene (border median ~0.15) and a night scene whose dark areas sit at ~0.06
+    dark = (0.15 + 0.1 * (textured_image(160, seed=7) - 0.5)).clamp(0, 1)
+    assert auto_foreground(dark).all()
+    night = torch.full((3, 160, 160), 0.06)
+    night[:, 40:120, 30:70] = 0.6 + 0.3 * textured_image(160, seed=8)[:, 40:120, 30:70]
+    assert auto_foreground(night).all()
+
+
+def test_centred_edge_features_let_the_truth_stand_out_over_extra_texture():
+    fixed = textured_image(128, seed=9)
+    moving = nonmonotonic(fixed).clone()
+    # A patch of fine texture that only the moving image has: its many edges raise the uncentred score of every
+    # shift that puts it on the fixed image's edges.
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(1, 48, 128, generator=g)
+    moving[:, 80:, :] = 0.5 * moving[:, 80:, :] + 0.5 * noise
+    assert abs(float(gradient_features(fixed[0], torch.ones(128, 128), centred=True).sum((-2, -1)).abs().max())) < 1e-3
+    level = _level(fixed, moving, size=128)
+
+    def z_at_truth(centred):
+        found = best_shifts(level, torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
+                            centred=centred)[0]
+        assert float(found.shift.norm()) < 0.05, found.shift  # the best shift is the truth either way ...
+        return found.score
+
+    assert z_at_truth(True) > z_at_truth(False) + 1.0  # ... but it stands out far more with centred features
+
+
+def test_half_turn_partners_reuse_a_warp_without_changing_the_scores():
+    fixed = textured_image(96, seed=10)
+    moving = nonmonotonic(_rotated_scene(angle_deg=200.0, size=96, seed=10))
+    level = _level(fixed, moving, size=64)
+    angles = torch.tensor([0.3, 0.3 + math.pi, 1.0], dtype=torch.float64)
+    scales = torch.tensor([0.8, 0.8, 1.0], dtype=torch.float64)
+    together = best_shifts(level, angles, scales)
+    for i in range(3):
+        alone = best_shifts(level, angles[i:i + 1], scales[i:i + 1])[0]
+        assert together[i].angle == alone.angle and together[i].scale == alone.scale
+        assert abs(together[i].score - alone.score) < 1e-3 * max(1.0, abs(alone.score))
+        assert torch.allclose(together[i].shift, alone.shift, atol=1e-9)
