@@ -37,6 +37,7 @@ from .ngf import Level, gradient_features, gray, half_extent, ngf, ngf_all_shift
 SHIFT_STAGES = ((128, True), (64, True), (32, True), (32, False))
 #: ... and of the levels of the compass refinement (stage 2) that follows.
 REFINE_SIZES = (64, 128)
+REFINE_CENTRED = True
 
 
 @dataclass
@@ -191,26 +192,25 @@ def compass_search(level: Level, starts: Sequence[Candidate], steps: Sequence[fl
                    iterations: int = 12) -> List[Candidate]:
     """Local refinement of every start at once by compass search on NGF over (angle, log scale, shift x, shift y).
 
-    Each iteration scores every start and its 8 neighbours one step away along each axis (a zero step keeps an
-    axis fixed); a start moves to its best neighbour when that scores higher, else its steps halve. The scale stays
-    within two steps of where it started: left free, zooming into a detail can outscore the truth.
+    Each iteration scores the 8 neighbours of every start one step away along each axis (a zero step keeps an axis
+    fixed); a start moves to its best neighbour when that scores higher than the start, else its steps halve. The
+    scale stays within two steps of where it started: left free, zooming into a detail can outscore the truth.
     """
     params = torch.tensor([[c.angle, math.log(c.scale), float(c.shift[0]), float(c.shift[1])] for c in starts],
                           dtype=torch.float64)  # S x 4
     step = torch.tensor(steps, dtype=torch.float64).expand_as(params).clone()
-    moves = torch.cat([torch.zeros(1, 4, dtype=torch.float64), torch.eye(4, dtype=torch.float64),
-                       -torch.eye(4, dtype=torch.float64)])  # 9 x 4
+    moves = torch.cat([torch.eye(4, dtype=torch.float64), -torch.eye(4, dtype=torch.float64)])  # 8 x 4
     lo, hi = params[:, 1:2] - 2 * step[:, 1:2], params[:, 1:2] + 2 * step[:, 1:2]
-    score = torch.full((params.shape[0],), float("-inf"), dtype=torch.float64)
+    score = ngf(level, similarity_matrices(params), centred=REFINE_CENTRED).double()  # S
     rows = torch.arange(params.shape[0])
     for _ in range(iterations):
-        trial = params[:, None] + moves[None] * step[:, None]  # S x 9 x 4
+        trial = params[:, None] + moves[None] * step[:, None]  # S x 8 x 4
         trial[..., 1] = torch.minimum(torch.maximum(trial[..., 1], lo), hi)
-        scores = ngf(level, similarity_matrices(trial.reshape(-1, 4)), centred=True).view(-1, 9).double()
+        scores = ngf(level, similarity_matrices(trial.reshape(-1, 4)), centred=REFINE_CENTRED).view(-1, 8).double()
         best = scores.argmax(1)
-        improved = scores[rows, best] > scores[:, 0]
+        improved = scores[rows, best] > score
         params = torch.where(improved[:, None], trial[rows, best], params)
-        score = scores.max(1).values
+        score = torch.where(improved, scores[rows, best], score)
         step = torch.where(improved[:, None], step, step / 2)
     return [Candidate(float(p[0]), float(math.exp(p[1])), p[2:].clone(), float(s)) for p, s in zip(params, score)]
 
@@ -278,7 +278,7 @@ def global_search(
     for stage, lvl in enumerate(refine_levels):
         refined = compass_search(lvl, starts + always, [step if dofs >= 3 else 0.0, log_ratio if dofs >= 4 else 0.0,
                                                         shift_step, shift_step])
-        scores = symmetric_ngf(lvl, torch.stack([c.matrix for c in refined]), centred=True)
+        scores = symmetric_ngf(lvl, torch.stack([c.matrix for c in refined]), centred=REFINE_CENTRED)
         for c, s in zip(refined, scores):
             c.score = float(s)
         starts, always = refined[: len(starts)], refined[len(starts):]
