@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from .geometry import frame_matrix
 
 
-def gradient_features(gray: torch.Tensor, valid: torch.Tensor, eps_rel: float = 0.2, centred: bool = False) -> torch.Tensor:
+def gradient_features(gray: torch.Tensor, valid: torch.Tensor, eps_rel: float = 0.2,
+                      centred: bool = False) -> torch.Tensor:
     """Features ``(nx^2, sqrt(2) nx ny, ny^2)`` of ``... x h x w`` images: ``... x 3 x h x w``.
 
     Their dot product is ``(n_F . n_M)^2``. ``eps = eps_rel`` times the mean gradient magnitude, so noise-level
@@ -31,8 +32,9 @@ def gradient_features(gray: torch.Tensor, valid: torch.Tensor, eps_rel: float = 
     keeps only how the edge *directions* co-vary, not its baseline (``|n_F|^2 |n_M|^2 / 2`` for unrelated
     directions), which grows with the edge density under the overlap. The global search scores with centred
     features: between a photograph and an infrared, depth or night image of the same place, the truth stands out
-    from other shifts by a z-score of 6-18 on a ~128 px level, against 2-5 (no better than wrong shifts) without. Gradients next to invalid pixels (``valid < 1``) are zero: the edge of the valid region
-    (padding, a rotated image's black corners) is not an edge of the image.
+    from other shifts by a z-score of 6-18 on a ~128 px level, against 2-5 (no better than wrong shifts) without.
+    Gradients next to invalid pixels (``valid < 1``) are zero: the edge of the valid region (padding, a rotated
+    image's black corners) is not an edge of the image.
     """
     gx = torch.zeros_like(gray)
     gy = torch.zeros_like(gray)
@@ -62,8 +64,8 @@ def ngf_all_shifts(fixed_features: torch.Tensor, fixed_mask: torch.Tensor, canva
     """NGF for every circular shift of the canvases, by FFT cross-correlation (index ``[dy, dx]``).
 
     Args:
-        fixed_features: ``3 x P x Q`` (zero outside the mask and in the padding); fixed_mask: ``P x Q`` float.
-        canvas_features: ``N x 3 x P x Q``; canvas_valid: ``N x P x Q`` float.
+        fixed_features: ``C x P x Q`` (zero outside the mask and in the padding); fixed_mask: ``P x Q`` float.
+        canvas_features: ``N x C x P x Q``; canvas_valid: ``N x P x Q`` float.
         min_count: a float or ``N x 1 x 1``: shifts whose overlap has fewer pixels score ``-inf``.
 
     Returns:
@@ -71,8 +73,8 @@ def ngf_all_shifts(fixed_features: torch.Tensor, fixed_mask: torch.Tensor, canva
         ``x``.
     """
     p, q = fixed_mask.shape
-    f_hat = torch.fft.rfft2(torch.cat([fixed_features, fixed_mask[None]]))  # 4 x P x Q'
-    m_hat = torch.fft.rfft2(torch.cat([canvas_features, canvas_valid[:, None]], 1))  # N x 4 x P x Q'
+    f_hat = torch.fft.rfft2(torch.cat([fixed_features, fixed_mask[None]]))  # C+1 x P x Q'
+    m_hat = torch.fft.rfft2(torch.cat([canvas_features, canvas_valid[:, None]], 1))  # N x C+1 x P x Q'
     # sum_x F(x) W(x + t) = irfft(conj(F^) W^); the feature channels' products are summed before the inverse FFT.
     c = fixed_features.shape[0]
     both = torch.stack([(f_hat[:c].conj()[None] * m_hat[:, :c]).sum(1), f_hat[c].conj()[None] * m_hat[:, c]], 1)
@@ -200,7 +202,8 @@ def ngf(level: Level, matrices: torch.Tensor, min_overlap: float = 0.5, centred:
     agreement = (fixed_features[None] * moving_features).sum((1, 2, 3))
     count = (mask * (warped[:, 1] > 0.5).float()).sum((1, 2))
     score = agreement / count.clamp_min(1.0)
-    return torch.where(count >= overlap_needed(level, matrices, min_overlap), score, torch.full_like(score, float("-inf")))
+    enough = count >= overlap_needed(level, matrices, min_overlap)
+    return torch.where(enough, score, torch.full_like(score, float("-inf")))
 
 
 def symmetric_ngf(level: Level, matrices: torch.Tensor, centred: bool = False) -> torch.Tensor:

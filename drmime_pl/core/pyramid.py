@@ -154,10 +154,10 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
     * *surrounding*: at least ``SURROUND_BORDER`` of the border has the background colour: the black border around
       a fundus photograph, white glass around tissue, air around a head. Its outline is part of the object (tissue's
       shape is a shared cue between stains), so ``margin`` applies as given.
-    * *fill*: black (to ``FILL_TOLERANCE``) on ``FILL_BORDER`` or more of the border: the no-data corners of a rotated or
-      resampled scene (remote sensing), a field of view cut by the image's edge. Its edge is an artefact of how the
-      image was made, not of the scene, and would pull the alignment towards any straight edge of the other image,
-      so the mask is always *shrunk* by ``|margin|``.
+    * *fill*: black (to ``FILL_TOLERANCE``) on ``FILL_BORDER`` or more of the border: the no-data corners of a
+      rotated or resampled scene (remote sensing), a field of view cut by the image's edge. Its edge is an artefact
+      of how the image was made, not of the scene, and would pull the alignment towards any straight edge of the
+      other image, so the mask is always *shrunk* by ``|margin|``.
 
     Pixels of the background colour *inside* the object (a dark vessel in a retina, tissue that an intensity remap
     took to the glass's value) stay foreground. The mask is computed on a copy at most ``max_side`` pixels wide
@@ -184,7 +184,8 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
     near = lambda colour, tol: float(((border - colour.view(c, 1)).abs().amax(0) <= tol).float().mean())  # noqa: E731
     black = torch.zeros_like(background)
     extreme = float(background.amax()) <= BLACK or float(background.amin()) >= WHITE
-    # ... checked before the flood fill, which costs most; then the mask must keep 1% and be a solid object.
+    # The border decides the kind before the flood fill, which costs most; then the mask must keep 1% and be a
+    # solid object.
     if extreme and near(background, threshold) >= SURROUND_BORDER:
         kind = "surrounding"
     elif near(black, FILL_TOLERANCE) >= FILL_BORDER:
