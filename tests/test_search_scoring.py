@@ -11,7 +11,7 @@ import math
 import torch
 
 import drmime_pl
-from drmime_pl.core.geometry import mean_corner_error, warp_image
+from drmime_pl.core.geometry import frame_matrix, mean_corner_error, pair_scale, warp_image
 from drmime_pl.core.ngf import Level, gradient_features, ngf
 from drmime_pl.core.pyramid import auto_foreground
 from drmime_pl.core.search import best_shifts
@@ -21,8 +21,6 @@ from .test_capture_range import similarity_about_centres
 
 
 def _level(fixed, moving, size=96):
-    from drmime_pl.core.geometry import pair_scale
-
     scale = pair_scale(fixed.shape[-2:])
     return Level.from_pyramids([fixed], [torch.ones(fixed.shape[-2:], dtype=torch.bool)], [moving], None,
                                fixed.shape[-2:], moving.shape[-2:], scale, size)
@@ -42,8 +40,6 @@ def test_overlap_is_judged_against_the_smaller_image():
     fixed = textured_image(192, seed=5)
     moving = nonmonotonic(fixed)[:, :112, :112].contiguous()
     level = _level(fixed, moving)
-    from drmime_pl.core.geometry import frame_matrix, pair_scale
-
     scale = pair_scale(fixed.shape[-2:])
     truth = (frame_matrix(moving.shape[-2:], "pix", "norm", scale) @ frame_matrix(fixed.shape[-2:], "norm", "pix",
                                                                                    scale))[None]
@@ -87,7 +83,7 @@ def test_centred_edge_features_let_the_truth_stand_out_over_extra_texture():
     g = torch.Generator().manual_seed(0)
     noise = torch.rand(1, 48, 128, generator=g)
     moving[:, 80:, :] = 0.5 * moving[:, 80:, :] + 0.5 * noise
-    assert abs(float(gradient_features(fixed[0], torch.ones(128, 128), centred=True).sum((-2, -1)).abs().max())) < 1e-3
+    assert float(gradient_features(fixed[0], torch.ones(128, 128), centred=True).sum((-2, -1)).abs().max()) < 1e-3
     level = _level(fixed, moving, size=128)
 
     def z_at_truth(centred):

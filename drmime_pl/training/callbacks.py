@@ -23,8 +23,9 @@ class ConvergenceStopping(pl.Callback):
     corners are mapped into the moving image (full-resolution pixels) with the window's mean coefficients and
     compared with the previous window's. When they moved less than ``tol`` times the moving image's diagonal,
     ``patience`` windows in a row, and at least ``min_steps`` steps ran, training stops. Relative to the image, so
-    that a 256 px scan and a 3000 px photograph stop at the same precision. Window means, not single steps, because Adam keeps the
-    coefficients jittering around the optimum; averaging coefficients costs one small addition per step.
+    that a 256 px scan and a 3000 px photograph stop at the same precision. Window means, not single steps, because
+    Adam keeps the coefficients jittering around the optimum; averaging coefficients costs one small addition per
+    step.
     The state is saved in checkpoints (Lightning runs ModelCheckpoint after every other callback, so a checkpoint
     at step k holds the state after step k).
     """
