@@ -21,19 +21,24 @@ def joint_histogram_mi(fixed: torch.Tensor, moving: torch.Tensor, weights: torch
     ``N x P``. Each sample is shared between its two nearest bins on each axis (linear Parzen window), so MI is a
     continuous function of the warp. Returns ``N``."""
     n = moving.shape[0]
-    f = fixed.clamp(0, 1).double() * (bins - 1)
-    m = moving.clamp(0, 1).double() * (bins - 1)
+    f = fixed.clamp(0, 1).float() * (bins - 1)
+    m = moving.clamp(0, 1).float() * (bins - 1)
     f0, m0 = f.floor().clamp(max=bins - 2), m.floor().clamp(max=bins - 2)
-    fa, ma = f - f0, m - m0
-    f0 = f0.long()[None].expand(n, -1)
-    fa = fa[None].expand(n, -1)
-    m0 = m0.long()
+    fa, ma = (f - f0).double()[None], (m - m0).double()  # 1 x P, N x P
+    # Candidate k's bin (i, j) is entry k * bins^2 + i * bins + j of one flat histogram; each sample adds to the four
+    # bins (i or i+1, j or j+1) around it. int32 indices and four index_add_ calls: building int64 index tensors
+    # cost more than the additions.
+    corner = ((torch.arange(n, dtype=torch.int32) * (bins * bins))[:, None] + (f0.int() * bins)[None]
+              + m0.int()).reshape(-1)
     w = weights.double()
-    hist = torch.zeros(n, bins * bins, dtype=torch.float64)
-    for df, wf in ((0, 1 - fa), (1, fa)):
-        for dm, wm in ((0, 1 - ma), (1, ma)):
-            hist.scatter_add_(1, (f0 + df) * bins + (m0 + dm), w * wf * wm)
-    p = hist.view(n, bins, bins) / hist.sum(1).clamp_min(1e-12).view(n, 1, 1)
+    low_f, high_f = w * (1 - fa), w * fa
+    hist = torch.zeros(n * bins * bins, dtype=torch.float64)
+    hist.index_add_(0, corner, (low_f * (1 - ma)).reshape(-1))
+    hist.index_add_(0, corner + 1, (low_f * ma).reshape(-1))
+    hist.index_add_(0, corner + bins, (high_f * (1 - ma)).reshape(-1))
+    hist.index_add_(0, corner + (bins + 1), (high_f * ma).reshape(-1))
+    p = hist.view(n, bins, bins)
+    p = p / p.sum((1, 2), keepdim=True).clamp_min(1e-12)
     p_fixed, p_moving = p.sum(2, keepdim=True), p.sum(1, keepdim=True)
     ratio = torch.log(p.clamp_min(1e-300)) - torch.log((p_fixed * p_moving).clamp_min(1e-300))
     return (p * ratio).sum((1, 2))

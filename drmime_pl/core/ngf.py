@@ -14,7 +14,7 @@ float64 ``N x 3 x 3``; points are (x, y).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -99,7 +99,8 @@ class Level:
 
     ``fixed``: ``C x h x w``; ``mask``: ``h x w`` bool (the pixels that count); ``moving``: ``C x h' x w'``;
     ``valid``: ``h' x w'`` in [0, 1] (None: all valid); ``fixed_hw``, ``moving_hw``: full-resolution sizes;
-    ``scale``: pixels per normalised unit.
+    ``scale``: pixels per normalised unit. A level is not changed once made: what it derives from its images (the
+    fixed edge features, the swapped level) is computed once, since every candidate scored on it needs the same.
     """
 
     fixed: torch.Tensor
@@ -109,6 +110,7 @@ class Level:
     fixed_hw: tuple
     moving_hw: tuple
     scale: float
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_pyramids(cls, fixed_pyramid, fixed_masks, moving_pyramid, moving_valid, fixed_hw, moving_hw,
@@ -132,9 +134,19 @@ class Level:
 
     def swapped(self) -> "Level":
         """The same pair with the roles exchanged: the moving image (masked by its validity) becomes the fixed."""
-        valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid
-        return Level(self.moving, valid > 0.5, self.fixed, self.mask.float(), self.moving_hw, self.fixed_hw,
-                     self.scale)
+        if "swapped" not in self._cache:
+            valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid
+            self._cache["swapped"] = Level(self.moving, valid > 0.5, self.fixed, self.mask.float(), self.moving_hw,
+                                           self.fixed_hw, self.scale)
+        return self._cache["swapped"]
+
+    def fixed_features(self, centred: bool = False) -> torch.Tensor:
+        """:func:`gradient_features` of the gray fixed level, zero outside the mask: ``3 x h x w``."""
+        key = ("fixed_features", centred)
+        if key not in self._cache:
+            mask = self.mask.float()
+            self._cache[key] = gradient_features(gray(self.fixed), mask, centred=centred) * mask
+        return self._cache[key]
 
     def fixed_norm_trans_pix(self) -> torch.Tensor:
         """Pixel (x, y, 1) of the fixed *level* -> the fixed image's normalised frame, through the level-invariant
@@ -155,19 +167,30 @@ class Level:
         """Gray moving level and its validity sampled (bilinear, zero outside) at moving-normalised points
         ``N x h x w x 2``: ``N x 2 x h x w``."""
         to_grid = frame_matrix(self.moving_hw, "norm", "grid", self.scale)[:2, :2].diagonal()
-        grid = (points_norm * to_grid).float()
-        valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid.float()
-        stack = torch.stack([gray(self.moving).float(), valid])[None].expand(grid.shape[0], -1, -1, -1)
-        return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return self._sample((points_norm * to_grid).float())
 
     def warped_by(self, matrices: torch.Tensor) -> torch.Tensor:
         """The gray moving level and its validity warped onto the fixed level by each ``moving_norm_trans_fixed_norm``
-        matrix (``N x 3 x 3``): ``N x 2 x h x w``."""
-        points = self.fixed_points()  # h x w x 2
-        h, w = points.shape[:2]
-        homogeneous = torch.cat([points, torch.ones(h, w, 1, dtype=torch.float64)], -1).reshape(-1, 3)
-        mapped = homogeneous[None] @ matrices.double().transpose(1, 2)  # N x hw x 3
-        return self.warp_moving((mapped[..., :2] / mapped[..., 2:3]).view(-1, h, w, 2))
+        matrix (``N x 3 x 3``): ``N x 2 x h x w``.
+
+        The matrices are first composed with the level's frames (``moving_grid_trans_fixed_pix``), so the sampling
+        grid is three multiply-adds per pixel on the row and column indices: a batched ``hw x 3`` product and the
+        fixed points' float64 grid cost several times more than the resampling itself.
+        """
+        h, w = self.fixed.shape[-2:]
+        moving_grid_trans_fixed_pix = (frame_matrix(self.moving_hw, "norm", "grid", self.scale)
+                                       @ matrices.double() @ self.fixed_norm_trans_pix()).float()  # N x 3 x 3
+        xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+        ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+        rows = [moving_grid_trans_fixed_pix[:, r, 0, None, None] * xs + moving_grid_trans_fixed_pix[:, r, 1, None, None]
+                * ys + moving_grid_trans_fixed_pix[:, r, 2, None, None] for r in range(3)]  # 3 x (N x h x w)
+        return self._sample(torch.stack([rows[0] / rows[2], rows[1] / rows[2]], -1))
+
+    def _sample(self, grid: torch.Tensor) -> torch.Tensor:
+        """Gray moving level and its validity at moving-grid points ``N x h x w x 2`` (float32): ``N x 2 x h x w``."""
+        valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid.float()
+        stack = torch.stack([gray(self.moving).float(), valid])[None].expand(grid.shape[0], -1, -1, -1)
+        return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def overlap_needed(level: Level, matrices: torch.Tensor, min_overlap: float = 0.5) -> torch.Tensor:
@@ -197,7 +220,7 @@ def ngf(level: Level, matrices: torch.Tensor, min_overlap: float = 0.5, centred:
     :func:`gradient_features`)."""
     warped = level.warped_by(matrices)  # N x 2 x h x w
     mask = level.mask.float()
-    fixed_features = gradient_features(gray(level.fixed), mask, centred=centred) * mask
+    fixed_features = level.fixed_features(centred)
     moving_features = gradient_features(warped[:, 0], warped[:, 1], centred=centred)
     agreement = (fixed_features[None] * moving_features).sum((1, 2, 3))
     count = (mask * (warped[:, 1] > 0.5).float()).sum((1, 2))

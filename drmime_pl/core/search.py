@@ -29,7 +29,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .geometry import TRANSFORM_DOFS
-from .ngf import Level, gradient_features, gray, half_extent, ngf, ngf_all_shifts, symmetric_ngf
+from .ngf import Level, gradient_features, half_extent, ngf, ngf_all_shifts, symmetric_ngf
 
 #: Stage 1's levels (long side, pixels) and whether their edge features are centred, finest first. Each contributes
 #: its own best candidates: finer levels resolve detail that lines up only within a few degrees; the coarsest
@@ -104,7 +104,7 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
     pad_y, pad_x = int(math.ceil(h * max_shift)), int(math.ceil(w * max_shift))
     p, q = h + 2 * pad_y, w + 2 * pad_x
     mask = level.mask.float()
-    fixed_level_features = gradient_features(gray(level.fixed), mask, centred=centred) * mask
+    fixed_level_features = level.fixed_features(centred)
     fixed_features = torch.zeros(fixed_level_features.shape[0], p, q)
     fixed_features[:, pad_y:pad_y + h, pad_x:pad_x + w] = fixed_level_features
     fixed_mask = torch.zeros(p, q)
