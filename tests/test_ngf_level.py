@@ -24,10 +24,11 @@ def _matrices() -> torch.Tensor:
 
 def test_warped_by_matches_warping_the_mapped_fixed_points():
     level, matrices = _level(), _matrices()
-    points = level.fixed_points()  # h x w x 2, fixed normalised frame
-    h, w = points.shape[:2]
-    homogeneous = torch.cat([points, torch.ones(h, w, 1, dtype=torch.float64)], -1)
-    mapped = torch.einsum("nij,hwj->nhwi", matrices, homogeneous)
+    # every fixed level pixel (x, y, 1), taken to the fixed normalised frame and mapped one by one
+    h, w = level.fixed.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    pixels = torch.stack([xs, ys, torch.ones_like(xs)], -1)  # h x w x 3
+    mapped = torch.einsum("nij,jk,hwk->nhwi", matrices, level.fixed_norm_trans_pix(), pixels)
     reference = level.warp_moving(mapped[..., :2] / mapped[..., 2:3])
     fast = level.warped_by(matrices)
     assert fast.shape == (3, 2, h, w)

@@ -154,15 +154,6 @@ class Level:
         return frame_matrix(self.fixed_hw, "grid", "norm", self.scale) @ frame_matrix(self.fixed.shape[-2:], "pix",
                                                                                       "grid")
 
-    def fixed_points(self) -> torch.Tensor:
-        """Centres of the fixed level's pixels in its normalised frame: ``h x w x 2`` float64."""
-        h, w = self.fixed.shape[-2:]
-        m = self.fixed_norm_trans_pix()
-        ys = torch.arange(h, dtype=torch.float64) * m[1, 1] + m[1, 2]
-        xs = torch.arange(w, dtype=torch.float64) * m[0, 0] + m[0, 2]
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        return torch.stack([gx, gy], -1)
-
     def warp_moving(self, points_norm: torch.Tensor) -> torch.Tensor:
         """Gray moving level and its validity sampled (bilinear, zero outside) at moving-normalised points
         ``N x h x w x 2``: ``N x 2 x h x w``."""

@@ -160,9 +160,11 @@ def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[to
     if not force_optimised and best != 2 and float(scores[2]) >= value - margin:
         # Identity, too, must be beaten clearly, by the polished winner: where edges hardly match (a night and a
         # day picture), a wrong start or result can edge past it by chance.
+        winner_is_identity = torch.equal(candidates[best], identity)  # a start at identity: polished already
         best = 2
-        chosen = identity if model is None else polish(level, identity, model)
-        value = float(symmetric_ngf(level, chosen[None])[0])
+        if not winner_is_identity:
+            chosen = identity if model is None else polish(level, identity, model)
+            value = float(symmetric_ngf(level, chosen[None])[0])
     others = symmetric_ngf(level, misaligned(chosen, level.fixed_hw, level.scale))
     others = others[torch.isfinite(others)]
     if others.numel() >= 4:
