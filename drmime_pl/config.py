@@ -69,6 +69,7 @@ class FitConfig:
     devices: int = 1
     precision: str = "32"
     threads: int = 1
+    workers: int = 0
     ckpt_path: Optional[str] = None
     debug: bool = False
 
@@ -268,6 +269,7 @@ def validate(cfg: DictConfig) -> None:
     need(f.devices == 1, "fit.devices", "must be 1: a registration runs on one device (run pairs in parallel "
                                         "processes to use more)")
     need(f.threads >= 0, "fit.threads", "must be >= 0 (0 keeps torch's default)")
+    need(f.workers >= 0, "fit.workers", "must be >= 0 (0: one per CPU core)")
     need(0 <= f.seed <= 2**32 - 1, "fit.seed", "must be in [0, 4294967295]")
     need(f.precision in PRECISIONS, "fit.precision", f"must be one of {', '.join(PRECISIONS)}")
     need(f.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "fit.accelerator", "must be cpu, gpu, cuda, mps or auto")

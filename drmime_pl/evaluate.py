@@ -5,6 +5,7 @@ Usage::
     python -m drmime_pl.evaluate --pairs samples/birl/pairs.csv --out eval/birl model.transform=affine
     python -m drmime_pl.evaluate --fire /data/FIRE --config configs/fire.yaml --out eval/fire
     python -m drmime_pl.evaluate --fire /data/FIRE --transforms eval/fire/transforms --out eval/fire-again
+    python -m drmime_pl.evaluate --pairs pairs.csv --out eval/run --batch-size 8
     python -m drmime_pl.evaluate --pairs pairs.csv --out eval/run --devices 4 --accelerator gpu
 
 Inputs
@@ -31,6 +32,15 @@ TRE of a landmark = ``| matrix(fixed_i) - moving_i |`` in moving-image pixels (A
 diagonal of the fixed image. Per pair: mean, median, max. ANHIR ranks by the median over pairs of the per-pair
 median rTRE; FIRE by the area under the success-rate curve of the per-pair mean TRE over 0..25 px. A pair that
 could not be scored (``failed``) never counts as a success; medians and means are over the scored pairs.
+
+Batches
+-------
+``--batch-size N`` registers N pairs at a time in one optimisation loop (:mod:`drmime_pl.training.fit_many`): each
+pair is prepared, judged and written as a one-pair run does it, with its own MINE network, coefficients, sampler and
+stopping rule; the next N pairs are prepared while one batch is optimised, and on a CPU the pairs of a batch are
+prepared and finished on ``fit.workers`` threads (one per core). Results equal one-at-a-time runs' up to run-to-run
+noise, and the files are the same, so either kind of run re-scores the other's pairs. A batch's progress lines come
+when it is done; its TensorBoard run is ``OUT/logs/<logging.name>-batch/version_k``.
 
 Several processes
 -----------------

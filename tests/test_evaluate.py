@@ -291,6 +291,31 @@ def test_fire_registers_end_to_end_and_rescoring_matches(fire_dir, tmp_path, cap
     assert {k: again[k] for k in s01} == s01
 
 
+def test_batched_evaluation_writes_what_one_at_a_time_reads(fire_dir, tmp_path, capsys):
+    """--batch-size 2: S01 and A01 in one optimisation loop, A02 (no images) failed in its place; the result files
+    are those of one-pair runs, so a --batch-size 1 run afterwards re-scores them instead of registering again."""
+    fire = tmp_path / "fire"
+    shutil.copytree(fire_dir, fire)
+    (fire / "Ground Truth" / "control_points_A02_1_2.txt").write_text("10 10 12 12\n")
+    out = tmp_path / "out"
+    args = ["--fire", str(fire), "--only", "S01", "--only", "A0*", "--out", str(out), "model.transform=affine",
+            "fit.max_steps=80", "fit.min_steps=0", "data.batch_size=256", "data.levels=3", "output.overlay=false",
+            "model.init=identity"]
+    assert main(args + ["--batch-size", "2"]) == 0
+    rows = read_pairs(out)
+    assert list(rows) == ["A01", "A02", "S01"]
+    assert rows["A02"]["status"] == "failed" and "A02_1.jpg" in rows["A02"]["error"]
+    assert float(rows["S01"]["tre_mean"]) < 1.5 and float(rows["A01"]["tre_mean"]) < 2.0
+    err = capsys.readouterr().err
+    assert "[1/3] A01 ... mean TRE" in err and "[2/3] A02 ... FAILED:" in err and "[3/3] S01 ... mean TRE" in err
+    assert list((out / "logs" / "drmime-batch").glob("version_*/events.out.tfevents.*"))  # one TensorBoard run
+    assert main(args) == 0  # one at a time now: nothing registered again
+    again = read_pairs(out)
+    assert {k: again["S01"][k] for k in ("tre_mean", "steps")} == {k: rows["S01"][k] for k in ("tre_mean", "steps")}
+    s01_line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("[3/3] S01"))
+    assert "registered earlier" in s01_line
+
+
 @pytest.mark.parametrize("interrupt", ["keyboard", "registration"])
 def test_interrupt_writes_the_pairs_done_and_exits_130(fire_dir, tmp_path, monkeypatch, capsys, interrupt):
     from drmime_pl.errors import RegistrationInterrupted

@@ -77,8 +77,10 @@ def files(out: Path, name: str):
 def runs(dataset):
     """The five pairs (``bad`` first), by one process and by two (``--devices 2``: gloo on CPU)."""
     one, two = dataset / "one", dataset / "two"
-    r1 = evaluate(dataset, one)
-    r2 = evaluate(dataset, two, "--devices", "2", "--accelerator", "cpu")
+    # One pair at a time: each registration is then the same computation in either run (batches, which differ
+    # between the runs, would change the arithmetic's order: test_devices_2_with_batches).
+    r1 = evaluate(dataset, one, "--batch-size", "1")
+    r2 = evaluate(dataset, two, "--devices", "2", "--accelerator", "cpu", "--batch-size", "1")
     assert r1.returncode == 0, r1.stderr[-3000:]
     assert r2.returncode == 0, r2.stderr[-3000:]
     return one, two, r2
@@ -106,6 +108,21 @@ def test_devices_2_report_equals_one_process(runs):
     assert "rank 0 of 2" in r2.stderr and "rank 1 of 2" in r2.stderr  # two processes did the work
     for name in ("p0", "p2"):  # pairs[1::2]: rank 1's
         assert any(line.startswith("rank 1: ") and name in line for line in r2.stderr.splitlines())
+
+
+@pytest.mark.slow
+def test_devices_2_with_batches(dataset, runs):
+    """Each rank registers its pairs in batches (here of 2); the report has the same rows, and the same scores up
+    to run-to-run noise, as one process registering one pair at a time."""
+    batched = dataset / "two_batched"
+    r = evaluate(dataset, batched, "--devices", "2", "--accelerator", "cpu", "--batch-size", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = rows(runs[0]), rows(batched)
+    assert [(x["name"], x["status"]) for x in b] == [(x["name"], x["status"]) for x in a]
+    for ra, rb in zip(a[1:], b[1:]):
+        assert float(rb["tre_mean"]) == pytest.approx(float(ra["tre_mean"]), abs=0.05)
+    # rank 0: [bad, p1] then [p3]; rank 1: [p0, p2]. One TensorBoard run per batch that optimised something.
+    assert len(list((batched / "logs" / "drmime-batch").glob("version_*"))) == 3
 
 
 @pytest.mark.slow

@@ -101,7 +101,7 @@ def test_weights_only_warning_is_not_silenced():
 
     from drmime_pl.training import fit as fit_module
 
-    assert "weights_only" not in inspect.getsource(fit_module._quiet_lightning)
+    assert "weights_only" not in inspect.getsource(fit_module.quiet_lightning)
 
 
 # -------------------------------------------------------------------------------------- 2. decompression bomb

@@ -115,15 +115,21 @@ def _pairs_csv(tmp_path, pair, names=("a", "b"), missing=()) -> Path:
     return path
 
 
-def test_evaluate_sigterm_reports_pairs_done_and_exits_143(pair, tmp_path):
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_evaluate_sigterm_reports_pairs_done_and_exits_143(pair, tmp_path, batch_size):
+    """One pair at a time, or b alone in a batch (a fails before the optimisation): b is interrupted."""
     pairs = _pairs_csv(tmp_path, pair, missing=("a",))  # a fails at once, b registers until the signal
     out = tmp_path / "eval"
     proc = subprocess.Popen(
         [sys.executable, "-m", "drmime_pl.evaluate", "--pairs", str(pairs), "--out", str(out),
-         f"logging.log_dir={tmp_path / 'logs'}", "fit.max_steps=3000", "fit.min_steps=3000",
-         "logging.checkpoint_every_n_steps=10", *QUICK],
+         "--batch-size", str(batch_size), f"logging.log_dir={tmp_path / 'logs'}", "fit.max_steps=3000",
+         "fit.min_steps=3000", "logging.checkpoint_every_n_steps=10", *QUICK],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-    wait_for(tmp_path / "logs" / "drmime-b" / "version_0" / "checkpoints" / "last.ckpt", proc)
+    if batch_size == 1:  # b's own run folder, once it has a checkpoint
+        wait_for(tmp_path / "logs" / "drmime-b" / "version_0" / "checkpoints" / "last.ckpt", proc)
+    else:  # the batch's run folder is made just before its optimisation starts
+        wait_for(tmp_path / "logs" / "drmime-batch" / "version_0", proc)
+        time.sleep(2.0)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
@@ -173,8 +179,8 @@ def test_evaluate_skips_pairs_done_and_redo_registers_again(pair, tmp_path, monk
 
     pairs = _pairs_csv(tmp_path, pair)
     out = tmp_path / "eval"
-    args = ["--pairs", str(pairs), "--out", str(out), "logging.enabled=false", "fit.max_steps=15",
-            "fit.min_steps=15", *QUICK]
+    args = ["--pairs", str(pairs), "--out", str(out), "--batch-size", "1", "logging.enabled=false",
+            "fit.max_steps=15", "fit.min_steps=15", *QUICK]  # one pair at a time: each registration is a fit()
     assert main(args) == 0
     first = (out / "pairs.csv").read_text()
     calls = []

@@ -112,3 +112,51 @@ def shuffled_pairs(fixed: torch.Tensor, moving: torch.Tensor, permutation: torch
     """
     shuffled = torch.gather(moving, -2, permutation.unsqueeze(-1).expand_as(moving))
     return torch.cat([fixed, moving], -1), torch.cat([fixed, shuffled], -1)
+
+
+class StackedMineNetwork(nn.Module):
+    """``N`` independent statistics networks evaluated together, one batched matrix product per layer: network
+    ``n`` sees only pair ``n``'s inputs and owns its own weights (registering ``N`` pairs at once, issue 9).
+
+    Built from ``N`` :class:`MineNetwork` s of the same hidden widths, whose inputs may have fewer features than
+    the stack's ``2 * channels`` (a grey pair beside colour pairs): network ``n``'s ``2 * C_n`` inputs (fixed
+    channels, then moving channels) go to the rows of the first layer of fixed channel ``c`` and moving channel
+    ``c``; the rows of channels a pair does not have are zero. Its inputs there are zero too (the callers pad with
+    zeros), so those rows get no gradient and stay zero: each network computes exactly what its
+    :class:`MineNetwork` would.
+
+    Args:
+        networks: the ``N`` networks whose initial weights the stack takes.
+        channels: the stack's channels per image (the most of any pair).
+    """
+
+    def __init__(self, networks: Sequence[MineNetwork], channels: int):
+        super().__init__()
+        linears = [[m for m in net.net if isinstance(m, nn.Linear)] for net in networks]
+        depth = len(linears[0])
+        if any(len(layers) != depth for layers in linears):
+            raise ValueError("StackedMineNetwork: the networks must have the same hidden widths")
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for i in range(depth):
+            out_features = linears[0][i].out_features
+            in_features = 2 * channels if i == 0 else linears[0][i].in_features
+            weight = torch.zeros(len(networks), in_features, out_features)  # N x in x out (x @ W, not W @ x)
+            for n, layers in enumerate(linears):
+                w = layers[i].weight.detach().t()  # in_n x out
+                if i == 0:
+                    c = w.shape[0] // 2
+                    weight[n, :c] = w[:c]  # fixed channels
+                    weight[n, channels:channels + c] = w[c:]  # moving channels
+                else:
+                    weight[n] = w
+            self.weights.append(nn.Parameter(weight))
+            self.biases.append(nn.Parameter(torch.stack([layers[i].bias.detach() for layers in linears])[:, None]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``N x M x 2C`` -> ``N x M``."""
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b.to(x.dtype), x, w.to(x.dtype))
+            if i < last:
+                x = torch.relu(x)
+        return x.squeeze(-1)

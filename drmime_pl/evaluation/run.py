@@ -51,33 +51,64 @@ def progress_line(result: PairResult, mode: str) -> str:
 
 
 def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: bool = False,
-        csv_path: Optional[Path] = None, prefix: Optional[str] = None):
+        csv_path: Optional[Path] = None, prefix: Optional[str] = None, batch_size: int = 1):
     """Score the pairs in order, one progress line each on stderr; rewrite ``pairs.csv`` after each pair.
 
     Returns ``(results, interrupted)``: ``interrupted`` is False, or the number of the signal that stopped the
     run (SIGINT, SIGTERM, SIGHUP); the report files are written by the caller. ``csv_path``: the file rewritten
     after each pair instead of ``out/pairs.csv``; ``prefix``: each progress line starts with it and is printed
     whole when the pair is done (several processes share stderr: :mod:`drmime_pl.evaluation.sharded`).
+    ``batch_size`` > 1 with a source that registers (``get_transform.batched``): pairs are registered that many at
+    a time in one optimisation loop, and their lines come when their batch is done.
     """
     results: List[PairResult] = []
     n = len(pairs)
     csv_path = out / "pairs.csv" if csv_path is None else csv_path
+    batched = batch_size > 1 and hasattr(get_transform, "batched")
+    if batched:  # a pair whose landmarks cannot be read costs no registration, as one at a time
+        registered = [pair for pair in pairs if _landmarks_readable(pair)]
+        outcomes = get_transform.batched(registered, batch_size)
+        registered = {id(pair) for pair in registered}
     for i, pair in enumerate(pairs, start=1):
         head = f"[{i}/{n}] {pair.name} ... "
-        if prefix is None:
+        if prefix is None and not batched:
             print(head, end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
-            result = evaluate_pair(pair, get_transform, reraise=reraise)
+            if batched and id(pair) in registered:
+                _, outcome = next(outcomes)
+                result = evaluate_pair(pair, _known(outcome), reraise=reraise)
+            else:
+                result = evaluate_pair(pair, get_transform, reraise=reraise)
         except (KeyboardInterrupt, RegistrationInterrupted) as exc:  # Ctrl-C/SIGTERM/SIGHUP, between or in a pair
             from ..training.signals import signum_of
 
-            print("interrupted" if prefix is None else f"{prefix}{head}interrupted", file=sys.stderr, flush=True)
+            print("interrupted" if prefix is None and not batched else f"{prefix or ''}{head}interrupted",
+                  file=sys.stderr, flush=True)
             return results, signum_of(exc)
         line = progress_line(result, mode)
         if result.ok and not math.isfinite(result.seconds):
             line += f" ({time.perf_counter() - start:.1f} s)"
-        print(line if prefix is None else f"{prefix}{head}{line}", file=sys.stderr, flush=True)
+        print(line if prefix is None and not batched else f"{prefix or ''}{head}{line}", file=sys.stderr, flush=True)
         results.append(result)
         write_text_atomic(pairs_csv_text(results), csv_path)
     return results, False
+
+
+def _landmarks_readable(pair: Pair) -> bool:
+    try:
+        read_points(pair)
+    except Exception:  # noqa: BLE001 - evaluate_pair reports it
+        return False
+    return True
+
+
+def _known(outcome):
+    """A transform source for a pair whose outcome (a transform dict or the exception that ended it) is known."""
+
+    def get(pair: Pair) -> dict:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return get

@@ -68,14 +68,14 @@ def make_fabric(accelerator: str, devices: int, num_nodes: int):
 
 
 def run_sharded(pairs: Sequence[Pair], make_source: Callable[[Optional[int]], Callable], mode: str, out: Path,
-                accelerator: str, devices: int, num_nodes: int = 1, reraise: bool = False):
+                accelerator: str, devices: int, num_nodes: int = 1, reraise: bool = False, batch_size: int = 1):
     """Score ``pairs`` over ``devices`` processes on each of ``num_nodes`` nodes. ``make_source(device_index)``
     builds the transform source in each process (``device_index``: its GPU, or None on CPU).
 
     Returns, in rank 0, ``(results, interrupted)`` as :func:`~drmime_pl.evaluation.run.run` does (results in the
     order of ``pairs``); in the other ranks None (their results are in rank 0's)."""
     fabric = make_fabric(accelerator, devices, num_nodes)
-    return fabric.launch(_rank_main, list(pairs), make_source, mode, Path(out), reraise)
+    return fabric.launch(_rank_main, list(pairs), make_source, mode, Path(out), reraise, batch_size)
 
 
 def _single_process_lightning() -> None:
@@ -101,7 +101,7 @@ def _forward_signal(fabric, signum: int) -> None:
                 pass
 
 
-def _rank_main(fabric, pairs: List[Pair], make_source, mode: str, out: Path, reraise: bool):
+def _rank_main(fabric, pairs: List[Pair], make_source, mode: str, out: Path, reraise: bool, batch_size: int = 1):
     from ..training.signals import signum_of
 
     rank, world = fabric.global_rank, fabric.world_size
@@ -117,7 +117,8 @@ def _rank_main(fabric, pairs: List[Pair], make_source, mode: str, out: Path, rer
     print(f"drmime_pl.evaluate: rank {rank} of {world} ({fabric.device}): {len(mine)} of {len(pairs)} pairs",
           file=sys.stderr, flush=True)
     results, interrupted = run(mine, make_source(device_index), mode, out, reraise=reraise,
-                               csv_path=rank_csv(out, rank), prefix=f"rank {rank}: ")
+                               csv_path=rank_csv(out, rank), prefix=f"rank {rank}: ",
+                               batch_size=batch_size)
     if interrupted and rank == 0:
         _forward_signal(fabric, interrupted)
     write_json_atomic({"rank": rank, "world_size": world, "pairs": [p.name for p in mine],

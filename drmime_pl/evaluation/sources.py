@@ -11,7 +11,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -97,12 +97,16 @@ def transform_by_registration(cfg, out: Path, redo: bool = False, device_index: 
 
     A pair whose folder already holds a complete ``transform.json`` made with the same configuration (a run that
     was interrupted, then started again) is not registered again, unless ``redo``; its result is re-scored.
+
+    The source also has ``.batched(pairs, batch_size)``: an iterator of ``(pair, transform dict or exception)`` in
+    the pairs' order, registering ``batch_size`` pairs at a time in one optimisation loop
+    (:func:`drmime_pl.training.fit_many.fit_batches`); each pair's files and ``config.yaml`` are those a one-pair
+    run writes, so either kind of run re-scores the other's results.
     """
     from omegaconf import OmegaConf
 
-    from ..training.fit import fit
-
-    def get(pair: Pair) -> dict:
+    def setup(pair: Pair):
+        """The pair's config and, when an earlier run finished it, its result; else None."""
         folder = out / "transforms" / pair.name
         c = copy.deepcopy(cfg)
         c.output.dir = str(folder)
@@ -112,16 +116,63 @@ def transform_by_registration(cfg, out: Path, redo: bool = False, device_index: 
             done = finished_earlier(folder, OmegaConf.to_yaml(c, resolve=True))
             if done is not None:
                 done["skipped"] = True
-                return done
+                return c, done
         stale = folder / "transform.json"
         if stale.exists():
             stale.unlink()  # a failed re-run must not leave an older result to be re-scored later
         for label, p in (("fixed", pair.fixed_image), ("moving", pair.moving_image)):
             if p is None:
                 raise DrmimeError(f"no {label} image given")
-        result = fit(c, fixed=str(pair.fixed_image), moving=str(pair.moving_image), device_index=device_index)
-        return {"matrix": check_matrix(result.matrix), "fixed_shape": tuple(int(v) for v in result.fixed_shape),
-                "seconds": float(result.seconds), "steps": int(result.steps),
-                "suspect": result.quality.get("suspect") if result.quality else None}
+        return c, None
 
+    def get(pair: Pair) -> dict:
+        from ..training.fit import fit
+
+        c, done = setup(pair)
+        if done is not None:
+            return done
+        return _as_transform(fit(c, fixed=str(pair.fixed_image), moving=str(pair.moving_image),
+                                 device_index=device_index))
+
+    def batched(pairs: Sequence[Pair], batch_size: int) -> Iterator[Tuple[Pair, Union[dict, Exception]]]:
+        from ..training.fit_many import PairSpec, fit_batches
+
+        outcomes: List[Union[dict, Exception, None]] = [None] * len(pairs)
+        todo, specs = [], []
+        for i, pair in enumerate(pairs):
+            try:
+                c, done = setup(pair)
+            except DrmimeError as exc:
+                outcomes[i] = exc
+                continue
+            if done is not None:
+                outcomes[i] = done
+            else:
+                todo.append(i)
+                specs.append(PairSpec(str(pair.fixed_image), str(pair.moving_image), output_dir=c.output.dir,
+                                      config=c))
+        batch_cfg = copy.deepcopy(cfg)
+        batch_cfg.output.dir = str(out)  # the batches' TensorBoard runs: OUT/<logging.log_dir>/<name>-batch/
+        batch_cfg.logging.name = f"{cfg.logging.name}-batch"
+        ready = 0  # pairs[:ready] have been yielded
+        finished = iter(())
+        if specs:
+            finished = (r for batch in fit_batches(batch_cfg, specs, batch_size, device_index) for r in batch)
+        for i in todo + [len(pairs)]:
+            while ready < i:  # the pairs before the next one to register: known already
+                yield pairs[ready], outcomes[ready]
+                ready += 1
+            if i < len(pairs):
+                result = next(finished)
+                outcomes[i] = result if isinstance(result, Exception) else _as_transform(result)
+        return
+
+    get.batched = batched
     return get
+
+
+def _as_transform(result) -> dict:
+    """A :class:`~drmime_pl.io.result.Registration` as a transform source's dict."""
+    return {"matrix": check_matrix(result.matrix), "fixed_shape": tuple(int(v) for v in result.fixed_shape),
+            "seconds": float(result.seconds), "steps": int(result.steps),
+            "suspect": result.quality.get("suspect") if result.quality else None}

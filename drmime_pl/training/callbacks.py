@@ -193,3 +193,73 @@ class PreviewImages(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.log_preview(trainer, pl_module)
+
+
+class PerPairStopping(pl.Callback):
+    """For ``N`` pairs registered at once (:class:`~drmime_pl.training.stacked_module.StackedPairsModule`): each
+    pair's own stopping rule and non-finite guard, and the loop's end when no pair is left moving.
+
+    After every step: a pair whose loss or coefficients turned NaN or infinite gets its last good coefficients back
+    and leaves (``failed[n]`` says why, as :class:`NonFiniteGuard` would); the coefficients of pairs that left are
+    put back (Adam's momentum would still move them); then each active pair's corners are compared window by
+    window exactly as :class:`ConvergenceStopping` does for one pair, and a converged pair leaves at that step
+    (``stopped_at[n]``).
+    """
+
+    def __init__(self, every: int, tol: float, patience: int, min_steps: int):
+        self.every, self.tol, self.patience, self.min_steps = int(every), float(tol), int(patience), int(min_steps)
+        self.held = None  # the coefficients each pair keeps: its latest good ones while active
+        self.window_sum: Optional[torch.Tensor] = None  # N x 2 x K
+        self.last_mean: Optional[torch.Tensor] = None  # N x 4 x 2
+        self.still_checks: Optional[torch.Tensor] = None  # N
+        self.converged: Optional[torch.Tensor] = None  # N bool
+        self.stopped_at: Optional[list] = None
+        self.failed: dict = {}
+
+    def on_train_start(self, trainer, pl_module):
+        n = pl_module.pairs
+        self.held = pl_module.transform.snapshot()
+        self.still_checks = torch.zeros(n, dtype=torch.long)
+        self.converged = torch.zeros(n, dtype=torch.bool)
+        self.stopped_at = [None] * n
+        self.last_mean = torch.full((n, 4, 2), float("nan"), dtype=torch.float64)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        t, step = pl_module.transform, trainer.global_step
+        active = pl_module.active
+        coefficients = t.coefficients().double().cpu()  # N x 2 x K
+        bad = active.cpu() & (pl_module.nonfinite_pairs.cpu() | ~torch.isfinite(coefficients).flatten(1).all(1))
+        for n in bad.nonzero().flatten().tolist():
+            self.failed[n] = (f"loss became NaN or infinite at step {step}; stopped. Lower the learning rates "
+                              f"(optim.*) or check the images")
+            self.stopped_at[n] = step
+        active &= ~bad.to(active.device)
+        t.restore(self.held, ~active)  # pairs that left keep their coefficients
+        self.held = t.snapshot()
+        coefficients = t.coefficients().double().cpu()
+        if self.every > 0:
+            self._check_convergence(pl_module, coefficients, step)
+        if not bool(active.any()):
+            trainer.should_stop = True
+
+    def _check_convergence(self, pl_module, coefficients, step):
+        self.window_sum = coefficients if self.window_sum is None else self.window_sum + coefficients
+        if step % self.every:
+            return
+        mean = self.window_sum / self.every
+        self.window_sum = None
+        active = pl_module.active
+        for n in active.nonzero().flatten().tolist():
+            matrix = pl_module.pixel_matrix_of(n, mean[n, 0] + mean[n, 1])
+            corners = transform_points(matrix, image_corners(pl_module.fixed_hws[n]))  # 4 x 2
+            if not torch.isfinite(corners).all():
+                continue
+            if torch.isfinite(self.last_mean[n]).all():
+                motion = float((corners - self.last_mean[n]).norm(dim=-1).max())
+                tol_px = self.tol * math.hypot(*pl_module.moving_hws[n])
+                self.still_checks[n] = self.still_checks[n] + 1 if motion < tol_px else 0
+            self.last_mean[n] = corners
+            if step >= self.min_steps and self.still_checks[n] >= self.patience:
+                self.converged[n] = True
+                self.stopped_at[n] = step
+                active[n] = False

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import CheckpointError, ConfigError, DrmimeError, RegistrationError, RegistrationInterrupted
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     # An endless in-memory sampler needs no workers and no validation; these notices would only confuse users.
     for pattern in (".*does not have many workers.*", ".*IterableDataset.*", ".*is not a `CombinedLoader`.*",
                     ".*Checkpoint directory.*exists.*",
@@ -109,17 +109,14 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from ..core.checks import degeneracy
     from ..core.estimator import MineEstimator
-    from ..core.geometry import pixel_matrix_from_normalised
     from ..core.quality import judge_level
     from ..core.transforms import MatrixExpTransform
-    from ..io.result import Registration, write_outputs
     from .callbacks import ConvergenceStopping, GracefulInterrupt, NonFiniteGuard, PreviewImages
     from .datamodule import PixelBatchSampler, PyramidDataModule
     from .module import DrmimeModule
 
-    _quiet_lightning()
+    quiet_lightning()
 
     pl.seed_everything(int(f.seed), workers=False, verbose=False)
     judge = judge_level(pair)  # a ~256 px copy of both images, for the verdict after the optimisation
@@ -169,11 +166,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
         callbacks.append(PlainProgress(plain_every(lg.every_n_steps), convergence) if plain
                          else RegisterProgressBar(refresh_rate=10))
 
-    try:
-        trainer = _make_trainer(cfg, logger, callbacks, device_index)
-    except Exception as exc:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
-        raise ConfigError(f"fit.accelerator={f.accelerator!r}, fit.precision={f.precision!r}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
+    trainer = make_trainer(cfg, logger, callbacks, device_index)
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=f.ckpt_path or None)
@@ -193,12 +186,47 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
         )
         stopped.signum = interrupt.signum
         raise stopped
+    steps = int(trainer.global_step)
     last_ckpt = None
     if ckpt_dir is not None:
         last_ckpt = ckpt_dir / "last.ckpt"
         trainer.save_checkpoint(str(last_ckpt))
-    coefficients = tuple(transform.coefficients().double().cpu())  # (shared, fine)
-    matrix_normalised, verdict = _keep_best(judge, pair, module.normalised_matrix(), m)
+    optimised = module.normalised_matrix()
+    coefficients = transform.coefficients().double().cpu()  # 2 x K: shared, fine
+    mi_per_level = [float(v) for v in module.mi_ema.cpu()]
+    # Memory: the pyramids and index tables are not needed for the full-size warp of the outputs.
+    del trainer, module, datamodule, sampler
+    out_dir = Path(cfg.output.dir) if cfg.output.dir else run_dir
+    result = finish(cfg, pair, judge, optimised, coefficients, mi_per_level, steps, seconds, convergence.converged,
+                    started, out_dir, checkpoint=str(last_ckpt) if last_ckpt else None)
+    if plain:
+        print(done_line(result.steps, result.converged, result.seconds, result.wall_seconds), file=sys.stderr,
+              flush=True)
+    return result
+
+
+def finish(cfg: DictConfig, pair, judge, optimised: torch.Tensor, coefficients: torch.Tensor, mi_per_level,
+           steps: int, seconds: float, converged: bool, started: float, out_dir, checkpoint=None):
+    """After the optimisation of one pair: keep the best candidate and polish it (``model.keep_best``,
+    ``model.polish``), refuse a degenerate result, and write the result files into ``out_dir`` (None: none).
+
+    Args:
+        pair: the :class:`~drmime_pl.training.prepare.PreparedPair` (its pyramids are released here).
+        judge: its :func:`~drmime_pl.core.quality.judge_level`.
+        optimised: the optimised ``moving_norm_trans_fixed_norm``, ``3 x 3``.
+        coefficients: ``2 x K``, the optimised shared and fine coefficients.
+        started: ``time.perf_counter()`` when the registration began (for ``wall_seconds``).
+
+    Returns:
+        the :class:`~drmime_pl.io.result.Registration`. Raises :class:`RegistrationError` for a degenerate result.
+    """
+    from ..core.checks import degeneracy
+    from ..core.geometry import pixel_matrix_from_normalised
+    from ..io.result import Registration, write_outputs
+
+    m, f = cfg.model, cfg.fit
+    coefficients = tuple(coefficients.double().cpu())  # (shared, fine)
+    matrix_normalised, verdict = _keep_best(judge, pair, optimised, m)
     if verdict.chosen != "optimised":  # the optimisation made things worse: its start (or identity) was kept
         coefficients = (pair.init.double() if verdict.chosen == "initial" else torch.zeros_like(coefficients[0]),
                         torch.zeros_like(coefficients[1]))
@@ -207,24 +235,21 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     problem = degeneracy(matrix, pair.fixed_hw, pair.moving_hw)
     if problem:
         raise RegistrationError(
-            f"registration failed after {trainer.global_step} steps: {problem}; no result written. Try another "
+            f"registration failed after {steps} steps: {problem}; no result written. Try another "
             f"model.init, lower learning rates (optim.*), or a simpler model.transform"
         )
-
     result = Registration(
         matrix=matrix.numpy(), matrix_normalised=matrix_normalised.numpy(),
         coefficients_shared=coefficients[0].numpy(), coefficients_fine=coefficients[1].numpy(), transform=m.transform,
-        fixed_shape=pair.fixed_hw, moving_shape=pair.moving_hw, scale=pair.scale,
-        mi_per_level=[float(v) for v in module.mi_ema.cpu()], steps=int(trainer.global_step), seconds=seconds,
-        converged=convergence.converged, seed=int(f.seed), fixed=pair.fixed_name, moving=pair.moving_name,
-        checkpoint=str(last_ckpt) if last_ckpt else None, versions=library_versions(), quality=verdict.to_json(),
+        fixed_shape=pair.fixed_hw, moving_shape=pair.moving_hw, scale=pair.scale, mi_per_level=list(mi_per_level),
+        steps=int(steps), seconds=float(seconds), converged=bool(converged), seed=int(f.seed),
+        fixed=pair.fixed_name, moving=pair.moving_name, checkpoint=checkpoint, versions=library_versions(),
+        quality=verdict.to_json(),
     )
-    # Memory: the pyramids and index tables are not needed for the full-size warp of the outputs.
-    del trainer, module, datamodule, sampler
     pair.fixed_pyramid = pair.moving_pyramid = None
     gc.collect()
-    out_dir = Path(cfg.output.dir) if cfg.output.dir else run_dir
     if out_dir is not None:
+        out_dir = Path(out_dir)
         result.output_dir = str(out_dir)
         try:
             write_outputs(result, pair.fixed, pair.moving, out_dir, OmegaConf.to_yaml(cfg, resolve=True),
@@ -234,9 +259,6 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
             raise DrmimeError(f"output.dir {out_dir}: cannot write the results ({exc.strerror or exc})") from None
     if result.wall_seconds is None:  # no files written (the quiet Python API)
         result.wall_seconds = time.perf_counter() - started
-    if plain:
-        print(done_line(result.steps, result.converged, result.seconds, result.wall_seconds), file=sys.stderr,
-              flush=True)
     return result
 
 
@@ -272,7 +294,17 @@ def _coefficients_of(matrix_normalised: torch.Tensor, model: str):
     return shared, torch.zeros_like(shared)
 
 
-def _make_trainer(cfg: DictConfig, logger, callbacks, device_index=None):
+def make_trainer(cfg: DictConfig, logger, callbacks, device_index=None):
+    """The Lightning Trainer of a run. Raises :class:`ConfigError` for a device or precision Lightning refuses."""
+    try:
+        return _trainer(cfg, logger, callbacks, device_index)
+    except Exception as exc:  # noqa: BLE001 - Lightning's MisconfigurationException and friends
+        f = cfg.fit
+        raise ConfigError(f"fit.accelerator={f.accelerator!r}, fit.precision={f.precision!r}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
+
+
+def _trainer(cfg: DictConfig, logger, callbacks, device_index=None):
     import pytorch_lightning as pl
 
     from pytorch_lightning.callbacks import ProgressBar

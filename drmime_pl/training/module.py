@@ -164,23 +164,29 @@ class DrmimeModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = [
-            {"params": self.estimator.parameters(), "lr": hp.lr_mine, "name": "mine"},
-            {"params": [self.transform.shared], "lr": hp.lr_shared, "name": "shared"},
-            {"params": [self.transform.fine], "lr": hp.lr_fine, "name": "fine"},
-        ]
-        optimizer = torch.optim.Adam(groups, amsgrad=hp.amsgrad)
-        total, floor = max(1, hp.max_steps), hp.lr_final_factor
+        return adam_with_schedule(self.estimator.parameters(), self.transform.shared, self.transform.fine, self.hparams)
 
-        def cosine(step: int) -> float:
-            t = min(step, total) / total
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-        warmup = max(0, hp.warmup_steps)
+def adam_with_schedule(estimator_parameters, shared, fine, hp) -> dict:
+    """Adam over the estimator's parameters and the shared and fine coefficients (learning rates ``hp.lr_mine``,
+    ``hp.lr_shared``, ``hp.lr_fine``), each decayed by a cosine to ``hp.lr_final_factor`` at ``hp.max_steps``; the
+    transform's rates also ramp up over ``hp.warmup_steps``. Lightning's ``configure_optimizers`` dict."""
+    groups = [
+        {"params": estimator_parameters, "lr": hp.lr_mine, "name": "mine"},
+        {"params": [shared], "lr": hp.lr_shared, "name": "shared"},
+        {"params": [fine], "lr": hp.lr_fine, "name": "fine"},
+    ]
+    optimizer = torch.optim.Adam(groups, amsgrad=hp.amsgrad)
+    total, floor = max(1, hp.max_steps), hp.lr_final_factor
 
-        def warm_cosine(step: int) -> float:
-            return cosine(step) * (min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0)
+    def cosine(step: int) -> float:
+        t = min(step, total) / total
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, warm_cosine, warm_cosine])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    warmup = max(0, hp.warmup_steps)
+
+    def warm_cosine(step: int) -> float:
+        return cosine(step) * (min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, warm_cosine, warm_cosine])
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
