@@ -5,6 +5,7 @@ commands, with the success rate of each so that speed is never bought with accur
     PYTHONPATH=. python benchmarks/batch_throughput.py --data synthetic --batch-sizes 1,8  # benchmarks/cache syn-*
     PYTHONPATH=. python benchmarks/batch_throughput.py --runs "--batch-size 1" "--batch-size 4 --devices 2"
     PYTHONPATH=. python benchmarks/batch_throughput.py --out benchmarks/results/batch   # also batch.csv, pairs
+    PYTHONPATH=. python benchmarks/batch_throughput.py --batch-sizes 4 --elastix       # and an elastix loop
 
 Each run is one whole process, ``python -m drmime_pl.evaluate --pairs PAIRS --out DIR <run options>`` with the
 default config (logging on: TensorBoard and checkpoints, as a user runs it), timed by the wall clock, its peak RSS
@@ -16,6 +17,11 @@ run).
 <= 1%. ``--data synthetic``: the synthetic pairs that ``benchmarks/compare.py`` cached in ``benchmarks/cache``
 (``syn-same``, ``syn-multi``; run compare.py with ``--syn-seeds 2`` once to make them), written as a pairs CSV with
 landmark files into a temporary folder; success at 0.5% as in RESULTS.md. ``--data FILE.csv``: any pairs CSV.
+
+``--elastix``: after the runs, a shell-style loop of ``elastix`` processes over the same pairs (elastix from PATH,
+its default affine parameter map ``benchmarks/speed_elastix/affine.txt``, ``-threads <all cores>``, writing
+its warped image and transform), timed the same way; its accuracy from its TransformParameters (as
+``benchmarks/speed.py`` reads them). It is a row of the table.
 
 Printed: per run, seconds, pairs per minute, speed-up over the first run, peak RSS, success rate, and the pairs
 whose success differs from the first run's.
@@ -80,6 +86,38 @@ def run_once(pairs: Path, options: str, out: Path) -> dict:
     return {"seconds": seconds, "rss_mb": rss, "rows": rows}
 
 
+def elastix_loop(pairs_csv: Path, tmp: Path, threshold: float) -> dict:
+    """Every pair of ``pairs_csv`` through the elastix command line, one process after another."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import speed
+
+    binary = shutil.which("elastix")
+    if binary is None:
+        sys.exit("--elastix: no elastix on PATH (apt-get install elastix)")
+    rows, ok, seconds, peak = {}, {}, 0.0, 0.0
+    with pairs_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            fixed, moving = pairs_csv.parent / row["fixed_image"], pairs_csv.parent / row["moving_image"]
+            work = tmp / "elastix" / row["name"]
+            work.mkdir(parents=True)
+            out = speed.run_elastix(binary, speed.ELASTIX_PARAMS, fixed, moving, os.cpu_count() or 1, work)
+            seconds += out["elastix_s"]
+            peak = max(peak, out.get("elastix_peak_rss_mb") or 0.0)
+            points = speed.landmarks(pairs_csv.parent / row["fixed_landmarks"],
+                                     pairs_csv.parent / row["moving_landmarks"])
+            from PIL import Image
+
+            with Image.open(fixed) as image:
+                size = image.size
+            acc = speed.accuracy(out.get("_elastix_matrix"), points, size)
+            ok[row["name"]] = acc is not None and acc[0] <= threshold
+            rows[row["name"]] = out
+    return {"options": "elastix loop", "seconds": seconds, "rss_mb": peak, "rows": rows, "ok": ok, "n": len(rows),
+            "successes": sum(ok.values())}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="jiang", help="jiang | synthetic | a pairs CSV")
@@ -87,6 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", nargs="+", default=None, help="evaluate options of each run instead")
     parser.add_argument("--threshold", type=float, default=None, help="success rTRE (default 0.01, synthetic 0.005)")
     parser.add_argument("--out", default=None, help="also write batch.csv and each run's pairs.csv here")
+    parser.add_argument("--elastix", action="store_true", help="also time a loop of elastix processes")
     parser.add_argument("overrides", nargs="*", help="config overrides passed to every run")
     args = parser.parse_args(argv)
 
@@ -112,6 +151,11 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"  {options}: {r['seconds']:.1f} s, {60 * r['n'] / r['seconds']:.1f} pairs/min, "
               f"{r['successes']}/{r['n']} successes", flush=True)
+    if args.elastix:
+        r = elastix_loop(pairs, tmp, threshold)
+        results.append(r)
+        print(f"  elastix loop: {r['seconds']:.1f} s, {60 * r['n'] / r['seconds']:.1f} pairs/min, "
+              f"{r['successes']}/{r['n']} successes", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")
     first = results[0]
     lines = ["| run | seconds | pairs / min | speed-up | peak RSS MB | success | differs from the first run |",
@@ -132,7 +176,8 @@ def main(argv=None) -> int:
                 writer.writerow([r["options"], f"{r['seconds']:.2f}", r["n"], f"{60 * r['n'] / r['seconds']:.2f}",
                                  f"{r['rss_mb']:.0f}", r["successes"]])
         for i, r in enumerate(results):
-            (out / f"run{i}_pairs.csv").write_text((tmp / f"run{i}" / "pairs.csv").read_text())
+            if (tmp / f"run{i}" / "pairs.csv").is_file():
+                (out / f"run{i}_pairs.csv").write_text((tmp / f"run{i}" / "pairs.csv").read_text())
         (out / "batch.md").write_text("\n".join(lines) + "\n")
     return 0
 
