@@ -20,12 +20,12 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 0x9E3779B1 + int(step) * 0x85EBCA77 + 0x2545F491) % (2**63 - 1))
 
 
-def _allowed_indices(flat_weights: torch.Tensor, block: int = 1 << 20) -> torch.Tensor:
+def _allowed_indices(flat_weights: torch.Tensor, block: int = 1 << 18) -> torch.Tensor:
     """Flat indices of the non-zero weights, int32 when they fit (4 bytes per pixel, not 8), found block by block
-    so that no int64 copy of the whole image is ever made."""
+    so that no int64 copy of the whole image is ever made (a block's temporaries: ~4 MB)."""
     n = flat_weights.numel()
     dtype = torch.int32 if n < 2**31 else torch.int64
-    out = torch.empty(int((flat_weights != 0).sum()), dtype=dtype)
+    out = torch.empty(int(torch.count_nonzero(flat_weights)), dtype=dtype)  # no image-sized temporary
     at = 0
     for start in range(0, n, block):
         found = (flat_weights[start:start + block] != 0).nonzero().squeeze(1)
