@@ -12,7 +12,7 @@ import torch
 from drmime_pl.config import load_config
 from drmime_pl.core.estimator import MineEstimator, StackedMineEstimator
 from drmime_pl.core.mine import MineNetwork, StackedMineNetwork
-from drmime_pl.core.transforms import MatrixExpTransform, StackedMatrixExpTransform
+from drmime_pl.core.transforms import MatrixExpTransform
 from drmime_pl.training.callbacks import PerPairStopping
 from drmime_pl.training.datamodule import PixelBatchSampler
 from drmime_pl.training.module import DrmimeModule
@@ -50,7 +50,7 @@ def _networks(pairs, seed=0):
 
 def _stacked_module(pairs, networks):
     estimator = StackedMineEstimator(copy.deepcopy(networks), 3, max(p.levels for p in pairs))
-    transform = StackedMatrixExpTransform("perspective", torch.stack(COEFFICIENTS))
+    transform = MatrixExpTransform("perspective", torch.stack(COEFFICIENTS))
     return StackedPairsModule(estimator, transform, [p.moving_pyramid for p in pairs],
                               [p.moving_weights for p in pairs], [p.fixed_hw for p in pairs],
                               [p.moving_hw for p in pairs], [p.scale for p in pairs], channels=3, max_steps=20,
@@ -122,7 +122,7 @@ def test_a_pair_that_left_keeps_its_coefficients_while_the_other_moves(two_pairs
 
 def test_each_pair_stops_by_its_own_rule():
     fixed_hws = moving_hws = [(100, 100), (100, 100)]
-    transform = StackedMatrixExpTransform("translation", torch.zeros(2, 2))
+    transform = MatrixExpTransform("translation", torch.zeros(2, 2))
     module = SimpleNamespace(transform=transform, active=torch.ones(2, dtype=torch.bool), pairs=2,
                              nonfinite_pairs=torch.zeros(2, dtype=torch.bool), fixed_hws=fixed_hws,
                              moving_hws=moving_hws, scales=[50.0, 50.0])

@@ -14,7 +14,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .mine import MineNetwork, bias_corrected_surrogate, donsker_varadhan, shuffled_pairs, update_log_moving_average
+from .mine import (MineNetwork, StackedMineNetwork, bias_corrected_surrogate, donsker_varadhan, shuffled_pairs,
+                   update_log_moving_average)
 
 
 class MutualInformationEstimator(nn.Module):
@@ -53,25 +54,37 @@ class MineEstimator(MutualInformationEstimator):
     def __init__(self, in_features: int, hidden: Sequence[int], levels: int, bias_correction: bool = False,
                  ma_rate: float = 0.01):
         super().__init__()
-        self.network = MineNetwork(in_features, hidden)
+        self._own(MineNetwork(in_features, hidden), (int(levels),), bias_correction, ma_rate)
+
+    def _own(self, network: nn.Module, ma_shape, bias_correction: bool, ma_rate: float) -> None:
+        """The network and the moving-average state (one average per level, ``ma_shape``)."""
+        self.network = network
         self.bias_correction, self.ma_rate = bool(bias_correction), float(ma_rate)
-        self.register_buffer("log_ma", torch.zeros(int(levels)))
+        self.register_buffer("log_ma", torch.zeros(ma_shape))
         self.register_buffer("ma_initialised", torch.tensor(False))
 
     def forward(self, fixed, moving, permutation, weights=None):
-        levels, b = permutation.shape
+        b = permutation.shape[-1]
         w_joint = w_marginal = None
         if weights is not None:
-            w_joint = weights  # L x B: validity of the warped point
-            w_marginal = torch.gather(w_joint, 1, permutation)  # the marginal pairs fixed i with moving perm[i]
-        joint, marginal = shuffled_pairs(fixed, moving, permutation)  # L x B x 2C each
-        scores = self.network(torch.cat([joint, marginal], 1).reshape(levels * 2 * b, -1)).reshape(levels, 2 * b)
-        t_joint, t_marginal = scores[:, :b], scores[:, b:]
-        mi = donsker_varadhan(t_joint, t_marginal, w_joint, w_marginal)  # L
-        return mi, _objective(self, mi, t_joint, t_marginal, w_joint, w_marginal)
+            w_joint = weights  # [N x] L x B: validity of the warped point
+            w_marginal = torch.gather(w_joint, -1, permutation)  # the marginal pairs fixed i with moving perm[i]
+        joint, marginal = shuffled_pairs(fixed, moving, permutation)  # [N x] L x B x 2C each
+        scores = self.network(torch.cat([joint, marginal], -2))  # [N x] L x 2B
+        t_joint, t_marginal = scores[..., :b], scores[..., b:]
+        mi = donsker_varadhan(t_joint, t_marginal, w_joint, w_marginal)  # [N x] L
+        objective = mi
+        if self.bias_correction:
+            log_ma = update_log_moving_average(self.log_ma, t_marginal, self.ma_rate, bool(self.ma_initialised),
+                                               w_marginal)
+            self.log_ma.copy_(log_ma)
+            self.ma_initialised.fill_(True)
+            surrogate = bias_corrected_surrogate(t_joint, t_marginal, log_ma, w_joint, w_marginal)
+            objective = mi.detach() + (surrogate - surrogate.detach())
+        return mi, objective
 
 
-class StackedMineEstimator(MutualInformationEstimator):
+class StackedMineEstimator(MineEstimator):
     """:class:`MineEstimator` for ``N`` pairs at once: each pair its own statistics network
     (:class:`~drmime_pl.core.mine.StackedMineNetwork`) and its own moving average; every tensor carries a leading
     pair dimension (``fixed``, ``moving``: ``N x L x B x C``; ``permutation``, ``weights``: ``N x L x B``; returns
@@ -84,35 +97,5 @@ class StackedMineEstimator(MutualInformationEstimator):
     """
 
     def __init__(self, networks, channels: int, levels: int, bias_correction: bool = False, ma_rate: float = 0.01):
-        super().__init__()
-        from .mine import StackedMineNetwork
-
-        self.network = StackedMineNetwork(networks, channels)
-        self.bias_correction, self.ma_rate = bool(bias_correction), float(ma_rate)
-        self.register_buffer("log_ma", torch.zeros(len(networks), int(levels)))
-        self.register_buffer("ma_initialised", torch.tensor(False))
-
-    def forward(self, fixed, moving, permutation, weights=None):
-        n, levels, b = permutation.shape
-        w_joint = w_marginal = None
-        if weights is not None:
-            w_joint = weights
-            w_marginal = torch.gather(w_joint, -1, permutation)
-        joint, marginal = shuffled_pairs(fixed, moving, permutation)  # N x L x B x 2C each
-        scores = self.network(torch.cat([joint, marginal], 2).reshape(n, levels * 2 * b, -1)).reshape(n, levels, 2 * b)
-        t_joint, t_marginal = scores[..., :b], scores[..., b:]
-        mi = donsker_varadhan(t_joint, t_marginal, w_joint, w_marginal)  # N x L
-        return mi, _objective(self, mi, t_joint, t_marginal, w_joint, w_marginal)
-
-
-def _objective(estimator, mi, t_joint, t_marginal, w_joint, w_marginal) -> torch.Tensor:
-    """What a MINE estimator maximises: ``mi`` itself, or with ``estimator.bias_correction`` a value equal to ``mi``
-    whose gradient is MINE's bias-corrected one (updating the estimator's moving average ``log_ma``)."""
-    if not estimator.bias_correction:
-        return mi
-    log_ma = update_log_moving_average(estimator.log_ma, t_marginal, estimator.ma_rate,
-                                       bool(estimator.ma_initialised), w_marginal)
-    estimator.log_ma.copy_(log_ma)
-    estimator.ma_initialised.fill_(True)
-    surrogate = bias_corrected_surrogate(t_joint, t_marginal, log_ma, w_joint, w_marginal)
-    return mi.detach() + (surrogate - surrogate.detach())
+        MutualInformationEstimator.__init__(self)
+        self._own(StackedMineNetwork(networks, channels), (len(networks), int(levels)), bias_correction, ma_rate)

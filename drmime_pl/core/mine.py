@@ -29,7 +29,7 @@ class MineNetwork(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``N x in_features`` -> ``N``."""
+        """``... x in_features`` -> ``...``."""
         return self.net(x).squeeze(-1)
 
 
@@ -153,10 +153,12 @@ class StackedMineNetwork(nn.Module):
             self.biases.append(nn.Parameter(torch.stack([layers[i].bias.detach() for layers in linears])[:, None]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``N x M x 2C`` -> ``N x M``."""
+        """``N x ... x 2C`` -> ``N x ...``: network ``n`` on ``x[n]``."""
+        shape = x.shape
+        x = x.reshape(shape[0], -1, shape[-1])
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(b.to(x.dtype), x, w.to(x.dtype))
             if i < last:
                 x = torch.relu(x)
-        return x.squeeze(-1)
+        return x.reshape(shape[:-1])

@@ -45,9 +45,14 @@ class MatrixExpTransform(Transform):
     As in DRMIME, ``shared`` coefficients act on every pyramid level and ``fine`` coefficients are added on the
     finest level only, to refine it.
 
+    One pair (``init`` of ``K`` coefficients, or None) or ``N`` pairs at once (``init`` ``N x K``, issue 9): then
+    ``shared`` and ``fine`` are ``N x K`` and every result has a leading pair dimension (``N x 3 x 3``,
+    ``N x L x 3 x 3``, ``N x 2 x K``); the pairs share the transform model.
+
     Args:
         model: ``translation``, ``rigid``, ``similarity``, ``affine`` or ``perspective``.
-        init: optional ``K`` initial shared coefficients (e.g. from :func:`drmime_pl.core.init.moments_init`).
+        init: optional initial shared coefficients (e.g. from :func:`drmime_pl.core.init.moments_init`): ``K``, or
+            ``N x K`` for ``N`` pairs.
     """
 
     def __init__(self, model: str, init: Optional[torch.Tensor] = None):
@@ -57,9 +62,11 @@ class MatrixExpTransform(Transform):
         self.model = model
         k = TRANSFORM_DOFS[model]
         self.register_buffer("basis", generator_basis(model).float(), persistent=False)  # K x 3 x 3
-        start = torch.zeros(k) if init is None else torch.as_tensor(init, dtype=torch.float32).reshape(k)
+        start = torch.zeros(k) if init is None else torch.as_tensor(init, dtype=torch.float32)
+        if not (start.dim() == 2 and start.shape[1] == k):  # one pair
+            start = start.reshape(k)
         self.shared = nn.Parameter(start.clone())
-        self.fine = nn.Parameter(torch.zeros(k))
+        self.fine = nn.Parameter(torch.zeros_like(start))
 
     def forward(self, finest: bool = True) -> torch.Tensor:
         """Normalised ``moving_norm_trans_fixed_norm``: ``3 x 3`` (with the fine refinement when ``finest``)."""
@@ -70,66 +77,24 @@ class MatrixExpTransform(Transform):
         return self(finest=finest)
 
     def level_matrices(self, levels: int) -> torch.Tensor:
-        """``L x 3 x 3``: level 0 gets shared + fine coefficients, levels 1.. the shared ones."""
-        finest_and_shared = matrix_from_coefficients(torch.stack([self.shared + self.fine, self.shared]).to(self.basis.dtype),
-                                                     self.basis)  # 2 x 3 x 3: one exponential per distinct vector
-        return torch.cat([finest_and_shared[:1], finest_and_shared[1:].expand(levels - 1, 3, 3)])
+        """``[N x] L x 3 x 3``: level 0 gets shared + fine coefficients, levels 1.. the shared ones."""
+        finest_and_shared = matrix_from_coefficients(
+            torch.stack([self.shared + self.fine, self.shared], -2).to(self.basis.dtype), self.basis
+        )  # ... x 2 x 3 x 3: one exponential per distinct vector
+        rest = finest_and_shared[..., 1:, :, :].expand(*finest_and_shared.shape[:-3], levels - 1, 3, 3)
+        return torch.cat([finest_and_shared[..., :1, :, :], rest], -3)
 
     def coefficients(self) -> torch.Tensor:
-        """``2 x K`` (detached): the shared coefficients, then the fine ones."""
-        return torch.stack([self.shared.detach(), self.fine.detach()])
-
-    def snapshot(self) -> Dict[str, torch.Tensor]:
-        return {"shared": self.shared.detach().clone(), "fine": self.fine.detach().clone()}
-
-    @torch.no_grad()
-    def restore(self, snapshot: Dict[str, torch.Tensor]) -> None:
-        self.shared.copy_(snapshot["shared"])
-        self.fine.copy_(snapshot["fine"])
-
-
-class StackedMatrixExpTransform(nn.Module):
-    """:class:`MatrixExpTransform` for ``N`` pairs at once (issue 9): ``shared`` and ``fine`` are ``N x K``, and
-    every method returns one result per pair (a leading pair dimension). The pairs share the transform model.
-
-    Args:
-        model: as :class:`MatrixExpTransform`.
-        init: ``N x K`` initial shared coefficients.
-    """
-
-    def __init__(self, model: str, init: torch.Tensor):
-        super().__init__()
-        if model not in TRANSFORM_DOFS:
-            raise ValueError(f"model.transform: unknown value {model!r}; expected one of {', '.join(TRANSFORM_DOFS)}")
-        self.model = model
-        start = torch.as_tensor(init, dtype=torch.float32)
-        if start.dim() != 2 or start.shape[1] != TRANSFORM_DOFS[model]:
-            raise ValueError(f"init: expected N x {TRANSFORM_DOFS[model]} coefficients, got {tuple(start.shape)}")
-        self.register_buffer("basis", generator_basis(model).float(), persistent=False)  # K x 3 x 3
-        self.shared = nn.Parameter(start.clone())
-        self.fine = nn.Parameter(torch.zeros_like(start))
-
-    def matrix(self, finest: bool = True) -> torch.Tensor:
-        """``N x 3 x 3`` normalised ``moving_norm_trans_fixed_norm``."""
-        v = self.shared + self.fine if finest else self.shared
-        return matrix_from_coefficients(v.to(self.basis.dtype), self.basis)
-
-    def level_matrices(self, levels: int) -> torch.Tensor:
-        """``N x L x 3 x 3``: level 0 gets shared + fine coefficients, levels 1.. the shared ones."""
-        both = matrix_from_coefficients(torch.stack([self.shared + self.fine, self.shared], 1).to(self.basis.dtype),
-                                        self.basis)  # N x 2 x 3 x 3
-        return torch.cat([both[:, :1], both[:, 1:].expand(-1, levels - 1, 3, 3)], 1)
-
-    def coefficients(self) -> torch.Tensor:
-        """``N x 2 x K`` (detached): per pair, the shared coefficients, then the fine ones."""
-        return torch.stack([self.shared.detach(), self.fine.detach()], 1)
+        """``[N x] 2 x K`` (detached): the shared coefficients, then the fine ones."""
+        return torch.stack([self.shared.detach(), self.fine.detach()], -2)
 
     def snapshot(self) -> Dict[str, torch.Tensor]:
         return {"shared": self.shared.detach().clone(), "fine": self.fine.detach().clone()}
 
     @torch.no_grad()
     def restore(self, snapshot: Dict[str, torch.Tensor], pairs: Optional[torch.Tensor] = None) -> None:
-        """Put a :meth:`snapshot` back: for every pair, or for those where the ``N`` bool mask ``pairs`` is True."""
+        """Put a :meth:`snapshot` back: all of it, or (``N`` pairs) only the pairs where the ``N`` bool mask ``pairs``
+        is True."""
         for name in ("shared", "fine"):
             current, saved = getattr(self, name), snapshot[name]
             current.copy_(saved if pairs is None else torch.where(pairs[:, None], saved, current))

@@ -66,9 +66,9 @@ def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: boo
     csv_path = out / "pairs.csv" if csv_path is None else csv_path
     batched = batch_size > 1 and hasattr(get_transform, "batched")
     if batched:  # a pair whose landmarks cannot be read costs no registration, as one at a time
-        registered = [pair for pair in pairs if _landmarks_readable(pair)]
-        outcomes = get_transform.batched(registered, batch_size)
-        registered = {id(pair) for pair in registered}
+        to_register = [pair for pair in pairs if _landmarks_readable(pair)]
+        outcomes = get_transform.batched(to_register, batch_size)
+        registered = {id(pair) for pair in to_register}
     for i, pair in enumerate(pairs, start=1):
         head = f"[{i}/{n}] {pair.name} ... "
         if prefix is None and not batched:

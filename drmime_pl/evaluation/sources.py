@@ -165,7 +165,6 @@ def transform_by_registration(cfg, out: Path, redo: bool = False, device_index: 
             if i < len(pairs):
                 result = next(finished)
                 outcomes[i] = result if isinstance(result, Exception) else _as_transform(result)
-        return
 
     get.batched = batched
     return get

@@ -71,7 +71,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     started = time.perf_counter()  # wall_seconds: the whole call, up to just before transform.json is written
     from .prepare import prepare_pair
 
-    d, m, o, f, lg = cfg.data, cfg.model, cfg.optim, cfg.fit, cfg.logging
+    d, m, f, lg = cfg.data, cfg.model, cfg.fit, cfg.logging
     if f.threads > 0:
         torch.set_num_threads(int(f.threads))
     fixed = fixed if fixed is not None else d.fixed
@@ -125,9 +125,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     transform = MatrixExpTransform(m.transform, init=pair.init)
     module = DrmimeModule(
         estimator, transform, pair.moving_pyramid, pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale,
-        lr_mine=o.lr_mine, lr_shared=o.lr_shared, lr_fine=o.lr_fine, amsgrad=o.amsgrad,
-        lr_final_factor=o.lr_final_factor, warmup_steps=o.warmup_steps, max_steps=f.max_steps,
-        log_every_n_steps=lg.every_n_steps, identity=identity,
+        identity=identity, **schedule_settings(cfg),
     )
     # Memory (issue 7): the module now holds the moving levels with their validity channel; drop the pair's copies,
     # and the fixed sampling weights once the sampler has its index tables.
@@ -203,6 +201,15 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
         print(done_line(result.steps, result.converged, result.seconds, result.wall_seconds), file=sys.stderr,
               flush=True)
     return result
+
+
+def schedule_settings(cfg: DictConfig) -> dict:
+    """The optimiser, schedule and logging arguments of a LightningModule (:class:`~.module.DrmimeModule`,
+    :class:`~.stacked_module.StackedPairsModule`) from a config."""
+    o = cfg.optim
+    return dict(lr_mine=o.lr_mine, lr_shared=o.lr_shared, lr_fine=o.lr_fine, amsgrad=o.amsgrad,
+                lr_final_factor=o.lr_final_factor, warmup_steps=o.warmup_steps, max_steps=cfg.fit.max_steps,
+                log_every_n_steps=cfg.logging.every_n_steps)
 
 
 def finish(cfg: DictConfig, pair, judge, optimised: torch.Tensor, coefficients: torch.Tensor, mi_per_level,

@@ -193,14 +193,14 @@ def _optimise(cfg, prepared, device_index):
 
     from ..core.estimator import StackedMineEstimator
     from ..core.mine import MineNetwork
-    from ..core.transforms import StackedMatrixExpTransform
+    from ..core.transforms import MatrixExpTransform
     from .callbacks import GracefulInterrupt, PerPairStopping
     from .datamodule import PixelBatchSampler, PyramidDataModule
-    from .fit import make_trainer, quiet_lightning
+    from .fit import make_trainer, quiet_lightning, schedule_settings
     from .stacked_data import StackedSampler
     from .stacked_module import StackedPairsModule
 
-    d, m, o, f, lg = cfg.data, cfg.model, cfg.optim, cfg.fit, cfg.logging
+    d, m, f, lg = cfg.data, cfg.model, cfg.fit, cfg.logging
     quiet_lightning()
     channels = max(p.channels for p in prepared)
     levels = max(p.levels for p in prepared)
@@ -212,13 +212,11 @@ def _optimise(cfg, prepared, device_index):
                                      ma_rate=m.ma_rate)
     init = torch.stack([p.init.float() if p.init is not None else torch.zeros(TRANSFORM_DOFS[m.transform])
                         for p in prepared])
-    transform = StackedMatrixExpTransform(m.transform, init)
+    transform = MatrixExpTransform(m.transform, init)
     module = StackedPairsModule(
         estimator, transform, [p.moving_pyramid for p in prepared], [p.moving_weights for p in prepared],
         [p.fixed_hw for p in prepared], [p.moving_hw for p in prepared], [p.scale for p in prepared], channels,
-        lr_mine=o.lr_mine, lr_shared=o.lr_shared, lr_fine=o.lr_fine, amsgrad=o.amsgrad,
-        lr_final_factor=o.lr_final_factor, warmup_steps=o.warmup_steps, max_steps=f.max_steps,
-        log_every_n_steps=lg.every_n_steps,
+        **schedule_settings(cfg),
     )
     samplers = [PixelBatchSampler(p.fixed_pyramid, p.fixed_weights, p.fixed_hw, p.scale, d.batch_size, f.seed)
                 for p in prepared]

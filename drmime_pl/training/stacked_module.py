@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..core.estimator import StackedMineEstimator
 from ..core.geometry import frame_matrix, matrix_from_coefficients, pixel_matrix_from_normalised, transform_points
-from ..core.transforms import StackedMatrixExpTransform
+from ..core.transforms import MatrixExpTransform
 from .module import adam_with_schedule
 
 
@@ -42,7 +42,7 @@ class StackedPairsModule(pl.LightningModule):
 
     Args:
         estimator: :class:`~drmime_pl.core.estimator.StackedMineEstimator` of the ``N`` pairs.
-        transform: :class:`~drmime_pl.core.transforms.StackedMatrixExpTransform` of the ``N`` pairs.
+        transform: :class:`~drmime_pl.core.transforms.MatrixExpTransform` of the ``N`` pairs.
         moving_pyramids: per pair, ``L_n`` images ``C_n x H x W``, finest first.
         moving_weights: per pair, ``L_n`` validity maps ``H x W`` or None (then every sample counts, as in
             :class:`~drmime_pl.training.module.DrmimeModule`).
@@ -51,7 +51,7 @@ class StackedPairsModule(pl.LightningModule):
         other arguments: as :class:`~drmime_pl.training.module.DrmimeModule`.
     """
 
-    def __init__(self, estimator: StackedMineEstimator, transform: StackedMatrixExpTransform,
+    def __init__(self, estimator: StackedMineEstimator, transform: MatrixExpTransform,
                  moving_pyramids: Sequence[Sequence[torch.Tensor]],
                  moving_weights: Sequence[Optional[Sequence[torch.Tensor]]], fixed_hws, moving_hws, scales,
                  channels: int, lr_mine: float = 3e-3, lr_shared: float = 3e-3, lr_fine: float = 1e-4,
