@@ -25,6 +25,27 @@ def test_mi_of_identical_independent_and_remapped_samples():
     assert abs(remapped - same) < 1e-6  # MI is blind to an intensity inversion
 
 
+def test_joint_histogram_mi_matches_a_plain_parzen_histogram():
+    g = torch.Generator().manual_seed(1)
+    bins = 8
+    fixed = torch.rand(500, generator=g)
+    moving = torch.stack([(fixed + 0.1 * torch.rand(500, generator=g)).clamp(0, 1), torch.rand(500, generator=g)])
+    weights = (torch.rand(2, 500, generator=g) > 0.2).float()
+    for k in range(2):
+        hist = torch.zeros(bins, bins, dtype=torch.float64)
+        for f, m, w in zip(fixed.tolist(), moving[k].tolist(), weights[k].tolist()):
+            i, j = min(int(f * (bins - 1)), bins - 2), min(int(m * (bins - 1)), bins - 2)
+            a, b = f * (bins - 1) - i, m * (bins - 1) - j  # shares of the upper bins (linear Parzen window)
+            hist[i, j] += w * (1 - a) * (1 - b)
+            hist[i, j + 1] += w * (1 - a) * b
+            hist[i + 1, j] += w * a * (1 - b)
+            hist[i + 1, j + 1] += w * a * b
+        p = hist / hist.sum()
+        outer = p.sum(1, keepdim=True) * p.sum(0, keepdim=True)
+        expected = float((p[p > 0] * (p[p > 0] / outer[p > 0]).log()).sum())
+        assert abs(float(joint_histogram_mi(fixed, moving, weights, bins)[k]) - expected) < 1e-6
+
+
 def _level(fixed: torch.Tensor, moving: torch.Tensor) -> Level:
     hw = tuple(fixed.shape[-2:])
     return Level(fixed, torch.ones(hw, dtype=torch.bool), moving, None, hw, hw, max(hw) / 2.0)

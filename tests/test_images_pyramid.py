@@ -7,7 +7,7 @@ from PIL import Image
 from drmime_pl.errors import ImageError
 from drmime_pl.core.channels import luminance, select_channels
 from drmime_pl.io.images import load_image, read_image
-from drmime_pl.core.pyramid import auto_foreground, gaussian_pyramid, max_levels
+from drmime_pl.core.pyramid import _max_filter, auto_foreground, gaussian_pyramid, max_levels
 
 
 def test_read_8bit_rgb_png_and_jpeg(tmp_path):
@@ -125,3 +125,11 @@ def test_connected_to_border_matches_a_breadth_first_search(seed):
     mask[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = True  # and a solid block, maybe enclosed
     got = _connected_to_border(torch.from_numpy(mask)).numpy()
     np.testing.assert_array_equal(got, _border_connected_by_search(mask))
+
+
+def test_separable_max_filter_is_the_square_max_filter():
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 1, 37, 53, generator=g)
+    for radius in (1, 4, 9):
+        square = torch.nn.functional.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)
+        assert torch.equal(_max_filter(x, radius), square)

@@ -34,6 +34,38 @@ def test_warped_by_matches_warping_the_mapped_fixed_points():
     assert fast.shape == (3, 2, h, w)
     # float32 sampling coordinates: agreement to well under a hundredth of a grey level
     assert (fast - reference).abs().max() < 1e-3
+    # affine matrices only: the division by the bottom row is skipped
+    assert (level.warped_by(matrices[:2]) - reference[:2]).abs().max() < 1e-3
+
+
+def _features_by_definition(gray_image: torch.Tensor, valid: torch.Tensor, eps_rel: float = 0.2) -> torch.Tensor:
+    """(nx^2, sqrt(2) nx ny, ny^2) with n = g / sqrt(|g|^2 + eps^2), central differences, written plainly: zero
+    on the image border and next to an invalid pixel; eps = eps_rel times the mean |g| where the features count."""
+    h, w = gray_image.shape
+    g = gray_image.double()
+    gx, gy = torch.zeros_like(g), torch.zeros_like(g)
+    gx[:, 1:-1] = (g[:, 2:] - g[:, :-2]) / 2
+    gy[1:-1, :] = (g[2:, :] - g[:-2, :]) / 2
+    ok = torch.zeros(h, w, dtype=torch.bool)
+    for y in range(1, h - 1):
+        for x in range(1, w - 1):
+            ok[y, x] = bool((valid[y - 1:y + 2, x - 1:x + 2][[0, 1, 1, 1, 2], [1, 0, 1, 2, 1]] >= 0.999).all())
+    magnitude = (gx ** 2 + gy ** 2).sqrt()
+    eps = eps_rel * magnitude[ok].mean()
+    nx, ny = gx / (magnitude ** 2 + eps ** 2).sqrt() * ok, gy / (magnitude ** 2 + eps ** 2).sqrt() * ok
+    return torch.stack([nx * nx, 2 ** 0.5 * nx * ny, ny * ny])
+
+
+def test_gradient_features_are_normalised_gradients_by_their_definition():
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(2, 24, 31, generator=g)
+    valid = torch.ones(2, 24, 31)
+    valid[1, 5:9, 10:20] = 0  # a hole: no feature at it or next to it
+    fast = gradient_features(image, valid)
+    assert fast.shape == (2, 3, 24, 31)
+    for k in range(2):
+        assert torch.allclose(fast[k].double(), _features_by_definition(image[k], valid[k]), atol=1e-6)
+    assert fast[1, :, 4:10, 10:20].abs().max() == 0 and fast[1, :, 5:9, 9:21].abs().max() == 0
 
 
 def test_cached_features_and_swapped_level_are_what_they_would_be():

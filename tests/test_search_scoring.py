@@ -14,6 +14,7 @@ import drmime_pl
 from drmime_pl.core.geometry import frame_matrix, mean_corner_error, pair_scale, warp_image
 from drmime_pl.core.ngf import Level, gradient_features, ngf
 from drmime_pl.core.pyramid import auto_foreground
+from drmime_pl.core.ngf import half_turn_spectra, shift_spectra
 from drmime_pl.core.search import best_shifts
 
 from .conftest import FAST, nonmonotonic, textured_image
@@ -107,3 +108,11 @@ def test_half_turn_partners_reuse_a_warp_without_changing_the_scores():
         assert together[i].angle == alone.angle and together[i].scale == alone.scale
         assert abs(together[i].score - alone.score) < 1e-3 * max(1.0, abs(alone.score))
         assert torch.allclose(together[i].shift, alone.shift, atol=1e-9)
+
+
+def test_half_turn_spectra_are_the_spectra_of_the_flipped_images():
+    g = torch.Generator().manual_seed(2)
+    for size in ((12, 16), (11, 15)):  # even and odd sizes
+        features, valid = torch.rand(2, 3, *size, generator=g), torch.rand(2, *size, generator=g)
+        direct = shift_spectra(features.flip(-2, -1), valid.flip(-2, -1))
+        assert torch.allclose(half_turn_spectra(shift_spectra(features, valid), size), direct, atol=1e-4)

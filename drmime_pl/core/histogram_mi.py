@@ -23,20 +23,20 @@ def joint_histogram_mi(fixed: torch.Tensor, moving: torch.Tensor, weights: torch
     n = moving.shape[0]
     f = fixed.clamp(0, 1).float() * (bins - 1)
     m = moving.clamp(0, 1).float() * (bins - 1)
-    f0, m0 = f.floor().clamp(max=bins - 2), m.floor().clamp(max=bins - 2)
-    fa, ma = (f - f0).double()[None], (m - m0).double()  # 1 x P, N x P
+    f0, m0 = f.floor().clamp_(max=bins - 2), m.floor().clamp_(max=bins - 2)
+    fa, ma = (f - f0)[None], m - m0  # 1 x P, N x P: the shares of the upper bins
     # Candidate k's bin (i, j) is entry k * bins^2 + i * bins + j of one flat histogram; each sample adds to the four
-    # bins (i or i+1, j or j+1) around it. int32 indices and four index_add_ calls: building int64 index tensors
-    # cost more than the additions.
-    corner = ((torch.arange(n, dtype=torch.int32) * (bins * bins))[:, None] + (f0.int() * bins)[None]
-              + m0.int()).reshape(-1)
-    w = weights.double()
-    low_f, high_f = w * (1 - fa), w * fa
-    hist = torch.zeros(n * bins * bins, dtype=torch.float64)
-    hist.index_add_(0, corner, (low_f * (1 - ma)).reshape(-1))
-    hist.index_add_(0, corner + 1, (low_f * ma).reshape(-1))
-    hist.index_add_(0, corner + bins, (high_f * (1 - ma)).reshape(-1))
-    hist.index_add_(0, corner + (bins + 1), (high_f * ma).reshape(-1))
+    # bins (i or i+1, j or j+1) around it. The shares are float32 products (their sum per bin is exact to ~1e-7
+    # relative); the histogram adds them in float64 with bincount, which is 2-3x faster than index_add_.
+    corner = ((torch.arange(n) * (bins * bins))[:, None] + (f0.long() * bins)[None] + m0.long()).reshape(-1)
+    high_f = weights.float() * fa
+    low_f = weights.float() - high_f
+    low_high, high_high = low_f * ma, high_f * ma
+    size = n * bins * bins
+    hist = (torch.bincount(corner, (low_f - low_high).reshape(-1).double(), size)
+            + torch.bincount(corner + 1, low_high.reshape(-1).double(), size)
+            + torch.bincount(corner + bins, (high_f - high_high).reshape(-1).double(), size)
+            + torch.bincount(corner + (bins + 1), high_high.reshape(-1).double(), size))
     p = hist.view(n, bins, bins)
     p = p / p.sum((1, 2), keepdim=True).clamp_min(1e-12)
     p_fixed, p_moving = p.sum(2, keepdim=True), p.sum(1, keepdim=True)

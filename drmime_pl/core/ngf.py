@@ -36,49 +36,73 @@ def gradient_features(gray: torch.Tensor, valid: torch.Tensor, eps_rel: float = 
     Gradients next to invalid pixels (``valid < 1``) are zero: the edge of the valid region (padding, a rotated
     image's black corners) is not an edge of the image.
     """
+    # Written for speed (the search and the polish call this on millions of pixels): the 1/2 of the central
+    # difference is left out, since n does not change when the gradient and eps scale together; gradients are zeroed
+    # where they do not count first, so that the normalisation needs no mask; the features are written in place.
     gx = torch.zeros_like(gray)
     gy = torch.zeros_like(gray)
-    gx[..., :, 1:-1] = (gray[..., :, 2:] - gray[..., :, :-2]) * 0.5
-    gy[..., 1:-1, :] = (gray[..., 2:, :] - gray[..., :-2, :]) * 0.5
+    torch.sub(gray[..., :, 2:], gray[..., :, :-2], out=gx[..., :, 1:-1])
+    torch.sub(gray[..., 2:, :], gray[..., :-2, :], out=gy[..., 1:-1, :])
     inner = valid >= 0.999
     ok = inner.clone()
     ok[..., :, 1:-1] &= inner[..., :, 2:] & inner[..., :, :-2]
     ok[..., 1:-1, :] &= inner[..., 2:, :] & inner[..., :-2, :]
     ok[..., :, [0, -1]] = False
     ok[..., [0, -1], :] = False
-    magnitude2 = gx * gx + gy * gy
+    weight = ok.to(gray.dtype)
+    gx.mul_(weight)
+    gy.mul_(weight)
+    magnitude2 = torch.addcmul(gx * gx, gy, gy)
     dims = (-2, -1)
-    mean = (magnitude2.sqrt() * ok).sum(dims, keepdim=True) / ok.sum(dims, keepdim=True).clamp_min(1)
-    norm = torch.sqrt(magnitude2 + (eps_rel * mean).clamp_min(1e-6) ** 2)
-    nx, ny = gx / norm * ok, gy / norm * ok
-    features = torch.stack([nx * nx, math.sqrt(2.0) * nx * ny, ny * ny], -3)
+    mean = magnitude2.sqrt().sum(dims, keepdim=True) / weight.sum(dims, keepdim=True).clamp_min(1)
+    inv_norm = magnitude2.add_((eps_rel * mean).clamp_min(2e-6) ** 2).rsqrt_()  # 1 / sqrt(|g|^2 + eps^2)
+    nx, ny = gx.mul_(inv_norm), gy.mul_(inv_norm)
+    features = torch.empty(gray.shape[:-2] + (3,) + gray.shape[-2:], dtype=gray.dtype)
+    torch.mul(nx, nx, out=features[..., 0, :, :])
+    torch.mul(nx, ny, out=features[..., 1, :, :]).mul_(math.sqrt(2.0))
+    torch.mul(ny, ny, out=features[..., 2, :, :])
     if centred:
-        weight = ok.unsqueeze(-3).to(features.dtype)
+        weight = weight.unsqueeze(-3)
         mean_feature = features.sum(dims, keepdim=True) / weight.sum(dims, keepdim=True).clamp_min(1)
-        features = (features - mean_feature) * weight
+        features.sub_(mean_feature).mul_(weight)
     return features
 
 
-def ngf_all_shifts(fixed_features: torch.Tensor, fixed_mask: torch.Tensor, canvas_features: torch.Tensor,
-                   canvas_valid: torch.Tensor, min_count) -> torch.Tensor:
+def shift_spectra(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``rfft2`` of edge features and their validity, as :func:`ngf_all_shifts` takes them: ``... x C x P x Q``
+    features and ``... x P x Q`` validity -> ``... x C+1 x P x (Q // 2 + 1)`` complex."""
+    return torch.fft.rfft2(torch.cat([features, valid.unsqueeze(-3)], -3))
+
+
+def half_turn_spectra(spectra: torch.Tensor, size) -> torch.Tensor:
+    """:func:`shift_spectra` of the same ``P x Q`` images (``size``) flipped both ways (turned by half a turn),
+    without an FFT: for a real ``x``, ``y[n] = x[P - 1 - n]`` has ``Y[k] = exp(2 pi i k / P) conj(X[k])`` on each
+    axis."""
+    p, q = int(size[0]), int(size[1])
+    phase_y = torch.polar(torch.ones(p), torch.arange(p) * (2 * math.pi / p))[:, None]
+    phase_x = torch.polar(torch.ones(spectra.shape[-1]), torch.arange(spectra.shape[-1]) * (2 * math.pi / q))[None]
+    return spectra.conj() * (phase_y * phase_x)
+
+
+def ngf_all_shifts(fixed_spectra: torch.Tensor, canvas_spectra: torch.Tensor, size, min_count) -> torch.Tensor:
     """NGF for every circular shift of the canvases, by FFT cross-correlation (index ``[dy, dx]``).
 
     Args:
-        fixed_features: ``C x P x Q`` (zero outside the mask and in the padding); fixed_mask: ``P x Q`` float.
-        canvas_features: ``N x C x P x Q``; canvas_valid: ``N x P x Q`` float.
+        fixed_spectra: :func:`shift_spectra` of the fixed features (``C x P x Q``, zero outside the mask and in the
+            padding) and mask (``P x Q`` float): ``C+1 x P x Q'``.
+        canvas_spectra: :func:`shift_spectra` of ``N`` canvases' features and validity: ``N x C+1 x P x Q'``.
+        size: ``(P, Q)``.
         min_count: a float or ``N x 1 x 1``: shifts whose overlap has fewer pixels score ``-inf``.
 
     Returns:
         ``N x P x Q``: the mean of ``(n_F . n_M)^2`` over the overlap when canvas pixel ``x + t`` meets fixed pixel
         ``x``.
     """
-    p, q = fixed_mask.shape
-    f_hat = torch.fft.rfft2(torch.cat([fixed_features, fixed_mask[None]]))  # C+1 x P x Q'
-    m_hat = torch.fft.rfft2(torch.cat([canvas_features, canvas_valid[:, None]], 1))  # N x C+1 x P x Q'
+    f_hat, m_hat = fixed_spectra, canvas_spectra
     # sum_x F(x) W(x + t) = irfft(conj(F^) W^); the feature channels' products are summed before the inverse FFT.
-    c = fixed_features.shape[0]
+    c = f_hat.shape[0] - 1
     both = torch.stack([(f_hat[:c].conj()[None] * m_hat[:, :c]).sum(1), f_hat[c].conj()[None] * m_hat[:, c]], 1)
-    agreement, count = torch.fft.irfft2(both, s=(p, q)).unbind(1)  # N x P x Q each
+    agreement, count = torch.fft.irfft2(both, s=tuple(size)).unbind(1)  # N x P x Q each
     score = agreement / count.clamp_min(1.0)
     return torch.where(count >= min_count, score, torch.full_like(score, float("-inf")))
 
@@ -165,22 +189,30 @@ class Level:
         matrix (``N x 3 x 3``): ``N x 2 x h x w``.
 
         The matrices are first composed with the level's frames (``moving_grid_trans_fixed_pix``), so the sampling
-        grid is three multiply-adds per pixel on the row and column indices: a batched ``hw x 3`` product and the
-        fixed points' float64 grid cost several times more than the resampling itself.
+        grid comes from the row and column indices: a batched ``hw x 3`` product and the fixed points' float64 grid
+        cost several times more than the resampling itself.
         """
         h, w = self.fixed.shape[-2:]
-        moving_grid_trans_fixed_pix = (frame_matrix(self.moving_hw, "norm", "grid", self.scale)
-                                       @ matrices.double() @ self.fixed_norm_trans_pix()).float()  # N x 3 x 3
+        m = (frame_matrix(self.moving_hw, "norm", "grid", self.scale) @ matrices.double()
+             @ self.fixed_norm_trans_pix()).float()  # N x 3 x 3: moving_grid_trans_fixed_pix
         xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
         ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-        rows = [moving_grid_trans_fixed_pix[:, r, 0, None, None] * xs + moving_grid_trans_fixed_pix[:, r, 1, None, None]
-                * ys + moving_grid_trans_fixed_pix[:, r, 2, None, None] for r in range(3)]  # 3 x (N x h x w)
-        return self._sample(torch.stack([rows[0] / rows[2], rows[1] / rows[2]], -1))
+        grid = torch.empty(m.shape[0], h, w, 2)
+        # Row r of the product is (m_r0 x + m_r2) + m_r1 y: a sum of a row and a column vector per matrix, one pass
+        # over the pixels; an affine bottom row skips the division.
+        for r in range(2):
+            torch.add(m[:, r, 0, None, None] * xs + m[:, r, 2, None, None], m[:, r, 1, None, None] * ys,
+                      out=grid[..., r])
+        if not bool((m[:, 2, :2] == 0).all() and (m[:, 2, 2] == 1).all()):
+            grid.div_((m[:, 2, 0, None, None] * xs + m[:, 2, 2, None, None] + m[:, 2, 1, None, None] * ys)[..., None])
+        return self._sample(grid)
 
     def _sample(self, grid: torch.Tensor) -> torch.Tensor:
         """Gray moving level and its validity at moving-grid points ``N x h x w x 2`` (float32): ``N x 2 x h x w``."""
-        valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid.float()
-        stack = torch.stack([gray(self.moving).float(), valid])[None].expand(grid.shape[0], -1, -1, -1)
+        if "moving_and_valid" not in self._cache:
+            valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid.float()
+            self._cache["moving_and_valid"] = torch.stack([gray(self.moving).float(), valid])[None]
+        stack = self._cache["moving_and_valid"].expand(grid.shape[0], -1, -1, -1)
         return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -213,8 +245,9 @@ def ngf(level: Level, matrices: torch.Tensor, min_overlap: float = 0.5, centred:
     mask = level.mask.float()
     fixed_features = level.fixed_features(centred)
     moving_features = gradient_features(warped[:, 0], warped[:, 1], centred=centred)
-    agreement = (fixed_features[None] * moving_features).sum((1, 2, 3))
-    count = (mask * (warped[:, 1] > 0.5).float()).sum((1, 2))
+    n = warped.shape[0]
+    agreement = moving_features.reshape(n, -1) @ fixed_features.reshape(-1)
+    count = (warped[:, 1] > 0.5).float().reshape(n, -1) @ mask.reshape(-1)
     score = agreement / count.clamp_min(1.0)
     enough = count >= overlap_needed(level, matrices, min_overlap)
     return torch.where(enough, score, torch.full_like(score, float("-inf")))

@@ -117,17 +117,24 @@ def _connected_to_border(candidates: torch.Tensor) -> torch.Tensor:
             return region
 
 
+def _max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Maximum over the ``(2 radius + 1)^2`` square around each pixel of ``1 x 1 x h x w`` (outside ignored): a row
+    pass and a column pass, which cost ``2 (2 radius + 1)`` comparisons per pixel instead of its square."""
+    k = 2 * radius + 1
+    x = F.max_pool2d(x, (1, k), stride=1, padding=(0, radius))
+    return F.max_pool2d(x, (k, 1), stride=1, padding=(radius, 0))
+
+
 def _is_object(foreground: torch.Tensor, radius_fraction: float = 0.02, keep: float = 0.6) -> bool:
     """Is an ``h x w`` foreground a solid object (tissue, a field of view, an image pasted on a canvas) rather than
     thin structure on a uniform fill (roads on a map, lit windows in a night photograph)?
 
-    A morphological opening by a disc of ``radius_fraction`` of the long side keeps most of a solid object and
+    A morphological opening by a square of half-side ``radius_fraction`` of the long side keeps most of a solid object and
     removes thin structure; the foreground counts as an object when at least ``keep`` of it survives.
     """
     radius = max(1, int(round(radius_fraction * max(foreground.shape))))
     x = foreground[None, None].float()
-    eroded = -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)
-    opened = F.max_pool2d(eroded, 2 * radius + 1, stride=1, padding=radius)
+    opened = _max_filter(-_max_filter(-x, radius), radius)
     return float(opened.sum()) >= keep * float(x.sum())
 
 
@@ -200,7 +207,7 @@ def auto_foreground(image: torch.Tensor, threshold: float = 0.08, max_side: int 
         return torch.ones((h, w) if full_size else small.shape[-2:], dtype=torch.bool)
     radius = int(round(abs(margin) * max(small.shape[-2:])))
     if radius > 0:
-        pool = lambda m: F.max_pool2d(m[None, None].float(), 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0.5  # noqa: E731
+        pool = lambda m: _max_filter(m[None, None].float(), radius)[0, 0] > 0.5  # noqa: E731
         fg_small = pool(fg_small) if margin > 0 else ~pool(~fg_small)
     if not full_size:
         return fg_small

@@ -29,7 +29,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from .geometry import TRANSFORM_DOFS
-from .ngf import Level, gradient_features, half_extent, ngf, ngf_all_shifts, symmetric_ngf
+from .ngf import (Level, gradient_features, half_extent, half_turn_spectra, ngf, ngf_all_shifts, shift_spectra,
+                  symmetric_ngf)
 
 #: Stage 1's levels (long side, pixels) and whether their edge features are centred, finest first. Each contributes
 #: its own best candidates: finer levels resolve detail that lines up only within a few degrees; the coarsest
@@ -110,6 +111,7 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
     fixed_mask = torch.zeros(p, q)
     fixed_mask[pad_y:pad_y + h, pad_x:pad_x + w] = mask
     fixed_count = float(mask.sum())
+    fixed_spectra = shift_spectra(fixed_features, fixed_mask)  # once for every candidate
 
     # Canvas pixel (i, j) = fixed level pixel (j - pad_x, i - pad_y), in the fixed normalised frame.
     norm_trans_pix = level.fixed_norm_trans_pix()
@@ -133,17 +135,20 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
         warped = level.warp_moving(torch.einsum("pqj,nij->npqi", canvas, _linear_parts(angles[ids], scales[ids])))
         features = gradient_features(warped[:, 0], warped[:, 1], centred=centred)  # n x 3 x P x Q
         valid = (warped[:, 1] > 0.5).float()
+        spectra = shift_spectra(features, valid)
+        valid_count = valid.sum((1, 2))
         # The canvas is centred on the fixed image, so half a turn more is the same canvas flipped both ways,
-        # W_{angle + pi}(y) = W_angle(-y), and the edge features (squares of the normal) flip with it: no warp.
+        # W_{angle + pi}(y) = W_angle(-y), and the edge features (squares of the normal) flip with it: no warp, and
+        # no FFT either.
         with_partner = [k for k, i in enumerate(ids) if partner[i] >= 0]
         if with_partner:
-            features = torch.cat([features, features[with_partner].flip(-2, -1)])
-            valid = torch.cat([valid, valid[with_partner].flip(-2, -1)])
+            spectra = torch.cat([spectra, half_turn_spectra(spectra[with_partner], (p, q))])
+            valid_count = torch.cat([valid_count, valid_count[with_partner]])
             ids = ids + [partner[ids[k]] for k in with_partner]
         # At least min_overlap of the smaller image (as ngf.overlap_needed): the canvas holds the moving image's
         # valid pixels in fixed-level pixels.
-        min_count = min_overlap * torch.clamp(valid.sum((1, 2)), max=fixed_count)
-        score = ngf_all_shifts(fixed_features, fixed_mask, features, valid, min_count[:, None, None])
+        min_count = min_overlap * torch.clamp(valid_count, max=fixed_count)
+        score = ngf_all_shifts(fixed_spectra, spectra, (p, q), min_count[:, None, None])
         score = torch.where(allowed, score, torch.full_like(score, float("-inf"))).reshape(score.shape[0], -1)
         finite = torch.isfinite(score)
         count = finite.sum(1).clamp_min(2)
