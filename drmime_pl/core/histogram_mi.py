@@ -20,23 +20,36 @@ def joint_histogram_mi(fixed: torch.Tensor, moving: torch.Tensor, weights: torch
     """MI (nats) of weighted samples: ``fixed`` ``P`` and ``moving`` ``N x P`` values in [0, 1], ``weights``
     ``N x P``. Each sample is shared between its two nearest bins on each axis (linear Parzen window), so MI is a
     continuous function of the warp. Returns ``N``."""
-    n = moving.shape[0]
+    return _parzen_mi(*_fixed_bins(fixed, bins), moving, weights, bins)
+
+
+def _fixed_bins(fixed: torch.Tensor, bins: int):
+    """The fixed samples' lower bins (times ``bins``: their row offset in a ``bins x bins`` histogram, ``P`` int64)
+    and their shares of the upper bins (``P`` float32)."""
     f = fixed.clamp(0, 1).float() * (bins - 1)
-    m = moving.clamp(0, 1).float() * (bins - 1)
-    f0, m0 = f.floor().clamp_(max=bins - 2), m.floor().clamp_(max=bins - 2)
-    fa, ma = (f - f0)[None], m - m0  # 1 x P, N x P: the shares of the upper bins
-    # Candidate k's bin (i, j) is entry k * bins^2 + i * bins + j of one flat histogram; each sample adds to the four
-    # bins (i or i+1, j or j+1) around it. The shares are float32 products (their sum per bin is exact to ~1e-7
-    # relative); the histogram adds them in float64 with bincount, which is 2-3x faster than index_add_.
-    corner = ((torch.arange(n) * (bins * bins))[:, None] + (f0.long() * bins)[None] + m0.long()).reshape(-1)
-    high_f = weights.float() * fa
+    f0 = f.floor().clamp_(max=bins - 2)
+    return f0.long() * bins, f - f0
+
+
+def _parzen_mi(fixed_offset: torch.Tensor, fixed_share: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor,
+               bins: int) -> torch.Tensor:
+    n = moving.shape[0]
+    m = moving.clamp(0, 1) * (bins - 1)
+    m0 = m.floor().clamp_(max=bins - 2)
+    moving_share = m.sub_(m0)  # N x P: the share of the upper moving bin
+    # Candidate k's bin (i, j) is entry k * bins^2 + i * bins + j of one flat histogram. Each sample adds to the four
+    # bins around its lower corner c: c, c + 1, c + bins and c + bins + 1. Each of the four is a bincount at c
+    # shifted by its offset (a bin + 1 stays in its row and candidate, as the lower bins are at most bins - 2).
+    # The shares are float32 products (exact to ~1e-7 relative), added in float64; bincount is 2-3x faster than
+    # index_add_.
+    corner = m0.long().add_(fixed_offset).add_((torch.arange(n) * (bins * bins))[:, None]).reshape(-1)
+    high_f = weights.float() * fixed_share
     low_f = weights.float() - high_f
-    low_high, high_high = low_f * ma, high_f * ma
+    low_high, high_high = low_f * moving_share, high_f * moving_share
     size = n * bins * bins
-    hist = (torch.bincount(corner, (low_f - low_high).reshape(-1).double(), size)
-            + torch.bincount(corner + 1, low_high.reshape(-1).double(), size)
-            + torch.bincount(corner + bins, (high_f - high_high).reshape(-1).double(), size)
-            + torch.bincount(corner + (bins + 1), high_high.reshape(-1).double(), size))
+    hist = torch.bincount(corner, low_f.sub_(low_high).reshape(-1).double(), size)
+    for offset, share in ((1, low_high), (bins, high_f.sub_(high_high)), (bins + 1, high_high)):
+        hist[offset:] += torch.bincount(corner, share.reshape(-1).double(), size)[:-offset]
     p = hist.view(n, bins, bins)
     p = p / p.sum((1, 2), keepdim=True).clamp_min(1e-12)
     p_fixed, p_moving = p.sum(2, keepdim=True), p.sum(1, keepdim=True)
@@ -50,14 +63,21 @@ def histogram_mi(level: Level, matrices: torch.Tensor, bins: int = 32, min_overl
     the mean of the compared channels)."""
     warped = level.warped_by(matrices)  # N x 2 x h x w
     n = warped.shape[0]
+    mask, fixed_offset, fixed_share = level.derived(("histogram_mi", bins), lambda: _fixed_side(level, bins))
+    weights = (warped[:, 1].reshape(n, -1) > 0.5).float().mul_(mask)
+    mi = _parzen_mi(fixed_offset, fixed_share, warped[:, 0].reshape(n, -1), weights, bins)
+    enough = weights.sum(1) >= overlap_needed(level, matrices, min_overlap)
+    return torch.where(enough, mi, torch.full_like(mi, float("-inf")))
+
+
+def _fixed_side(level: Level, bins: int):
+    """The flat fixed mask and :func:`_fixed_bins` of the fixed level, its gray values scaled to [0, 1] inside the
+    mask: what every :func:`histogram_mi` of the level shares."""
     mask = level.mask.float().reshape(-1)
-    weights = mask[None] * (warped[:, 1].reshape(n, -1) > 0.5).float()
     fixed = gray(level.fixed).float().reshape(-1)
     inside = fixed[mask > 0] if bool((mask > 0).any()) else fixed
     fixed = (fixed - inside.min()) / (inside.max() - inside.min()).clamp_min(1e-8)
-    mi = joint_histogram_mi(fixed, warped[:, 0].reshape(n, -1), weights, bins)
-    enough = weights.sum(1) >= overlap_needed(level, matrices, min_overlap)
-    return torch.where(enough, mi, torch.full_like(mi, float("-inf")))
+    return (mask, *_fixed_bins(fixed, bins))
 
 
 def symmetric_histogram_mi(level: Level, matrices: torch.Tensor) -> torch.Tensor:

@@ -158,19 +158,24 @@ class Level:
 
     def swapped(self) -> "Level":
         """The same pair with the roles exchanged: the moving image (masked by its validity) becomes the fixed."""
-        if "swapped" not in self._cache:
+        def swap() -> "Level":
             valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid
-            self._cache["swapped"] = Level(self.moving, valid > 0.5, self.fixed, self.mask.float(), self.moving_hw,
-                                           self.fixed_hw, self.scale)
-        return self._cache["swapped"]
+            return Level(self.moving, valid > 0.5, self.fixed, self.mask.float(), self.moving_hw, self.fixed_hw,
+                         self.scale)
+
+        return self.derived("swapped", swap)
+
+    def derived(self, key, make):
+        """What ``make()`` derives from the level's images, computed on the first call with this ``key`` only."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     def fixed_features(self, centred: bool = False) -> torch.Tensor:
         """:func:`gradient_features` of the gray fixed level, zero outside the mask: ``3 x h x w``."""
-        key = ("fixed_features", centred)
-        if key not in self._cache:
-            mask = self.mask.float()
-            self._cache[key] = gradient_features(gray(self.fixed), mask, centred=centred) * mask
-        return self._cache[key]
+        mask = self.mask.float()
+        return self.derived(("fixed_features", centred),
+                            lambda: gradient_features(gray(self.fixed), mask, centred=centred) * mask)
 
     def fixed_norm_trans_pix(self) -> torch.Tensor:
         """Pixel (x, y, 1) of the fixed *level* -> the fixed image's normalised frame, through the level-invariant
@@ -209,10 +214,11 @@ class Level:
 
     def _sample(self, grid: torch.Tensor) -> torch.Tensor:
         """Gray moving level and its validity at moving-grid points ``N x h x w x 2`` (float32): ``N x 2 x h x w``."""
-        if "moving_and_valid" not in self._cache:
+        def stacked() -> torch.Tensor:
             valid = torch.ones(self.moving.shape[-2:]) if self.valid is None else self.valid.float()
-            self._cache["moving_and_valid"] = torch.stack([gray(self.moving).float(), valid])[None]
-        stack = self._cache["moving_and_valid"].expand(grid.shape[0], -1, -1, -1)
+            return torch.stack([gray(self.moving).float(), valid])[None]
+
+        stack = self.derived("moving_and_valid", stacked).expand(grid.shape[0], -1, -1, -1)
         return F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
