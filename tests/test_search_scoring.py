@@ -12,9 +12,8 @@ import torch
 
 import drmime_pl
 from drmime_pl.core.geometry import frame_matrix, mean_corner_error, pair_scale, warp_image
-from drmime_pl.core.ngf import Level, gradient_features, ngf
+from drmime_pl.core.ngf import Level, gradient_features, half_turn_spectra, ngf, shift_spectra
 from drmime_pl.core.pyramid import auto_foreground
-from drmime_pl.core.ngf import half_turn_spectra, shift_spectra
 from drmime_pl.core.search import best_shifts
 
 from .conftest import FAST, nonmonotonic, textured_image
@@ -116,3 +115,4 @@ def test_half_turn_spectra_are_the_spectra_of_the_flipped_images():
         features, valid = torch.rand(2, 3, *size, generator=g), torch.rand(2, *size, generator=g)
         direct = shift_spectra(features.flip(-2, -1), valid.flip(-2, -1))
         assert torch.allclose(half_turn_spectra(shift_spectra(features, valid), size), direct, atol=1e-4)
+
