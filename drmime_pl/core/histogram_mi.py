@@ -33,6 +33,8 @@ def _fixed_bins(fixed: torch.Tensor, bins: int):
 
 def _parzen_mi(fixed_offset: torch.Tensor, fixed_share: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor,
                bins: int) -> torch.Tensor:
+    """:func:`joint_histogram_mi` from the fixed samples' :func:`_fixed_bins` (``P`` each), ``moving`` and
+    ``weights`` ``N x P``: ``N``."""
     n = moving.shape[0]
     m = moving.clamp(0, 1) * (bins - 1)
     m0 = m.floor().clamp_(max=bins - 2)

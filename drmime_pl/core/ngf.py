@@ -57,7 +57,7 @@ def gradient_features(gray: torch.Tensor, valid: torch.Tensor, eps_rel: float = 
     mean = magnitude2.sqrt().sum(dims, keepdim=True) / weight.sum(dims, keepdim=True).clamp_min(1)
     inv_norm = magnitude2.add_((eps_rel * mean).clamp_min(2e-6) ** 2).rsqrt_()  # 1 / sqrt(|g|^2 + eps^2)
     nx, ny = gx.mul_(inv_norm), gy.mul_(inv_norm)
-    features = torch.empty(gray.shape[:-2] + (3,) + gray.shape[-2:], dtype=gray.dtype)
+    features = torch.empty(gray.shape[:-2] + (3,) + gray.shape[-2:], dtype=gray.dtype, device=gray.device)
     torch.mul(nx, nx, out=features[..., 0, :, :])
     torch.mul(nx, ny, out=features[..., 1, :, :]).mul_(math.sqrt(2.0))
     torch.mul(ny, ny, out=features[..., 2, :, :])

@@ -129,8 +129,8 @@ def _is_object(foreground: torch.Tensor, radius_fraction: float = 0.02, keep: fl
     """Is an ``h x w`` foreground a solid object (tissue, a field of view, an image pasted on a canvas) rather than
     thin structure on a uniform fill (roads on a map, lit windows in a night photograph)?
 
-    A morphological opening by a square of half-side ``radius_fraction`` of the long side keeps most of a solid object and
-    removes thin structure; the foreground counts as an object when at least ``keep`` of it survives.
+    A morphological opening by a square of half-side ``radius_fraction`` of the long side keeps most of a solid
+    object and removes thin structure; the foreground counts as an object when at least ``keep`` of it survives.
     """
     radius = max(1, int(round(radius_fraction * max(foreground.shape))))
     x = foreground[None, None].float()
