@@ -7,5 +7,5 @@ from .errors import CheckpointError, ConfigError, DrmimeError, ImageError, Regis
 from .errors import TransformFileError
 from .io.result import Registration
 
-__all__ = ["register", "register_many", "warp", "Registration", "DrmimeError", "ConfigError", "ImageError", "CheckpointError",
-           "RegistrationError", "TransformFileError", "__version__"]
+__all__ = ["register", "register_many", "warp", "Registration", "DrmimeError", "ConfigError", "ImageError",
+           "CheckpointError", "RegistrationError", "TransformFileError", "__version__"]

@@ -16,6 +16,19 @@ from ..errors import RegistrationError
 from ..io.render import checkerboard, colour_overlay
 
 
+def window_corners(moving_pix_trans_fixed_pix: torch.Tensor, fixed_hw) -> torch.Tensor:
+    """The fixed image's four corners mapped into the moving image (full-resolution pixels): ``4 x 2``."""
+    return transform_points(moving_pix_trans_fixed_pix, image_corners(fixed_hw))
+
+
+def corner_motion(corners: torch.Tensor, previous: torch.Tensor, moving_hw, tol: float):
+    """The stopping rule's test of one window (:class:`ConvergenceStopping`, :class:`PerPairStopping`): how far the
+    corners moved since the previous window (the largest of the four, pixels), and whether that is under ``tol``
+    times the moving image's diagonal."""
+    motion = float((corners - previous).norm(dim=-1).max())
+    return motion, motion < tol * math.hypot(*moving_hw)
+
+
 class ConvergenceStopping(pl.Callback):
     """Stops when the transform has converged.
 
@@ -48,14 +61,12 @@ class ConvergenceStopping(pl.Callback):
             return
         mean_shared, mean_fine = self.window_sum / self.every
         self.window_sum = None
-        matrix = pl_module.pixel_matrix_of(mean_shared + mean_fine)
-        corners = transform_points(matrix, image_corners(pl_module.fixed_hw))  # 4 x 2
+        corners = window_corners(pl_module.pixel_matrix_of(mean_shared + mean_fine), pl_module.fixed_hw)
         if not torch.isfinite(corners).all():
             return
         if self.last_mean is not None:
-            self.last_motion_px = float((corners - self.last_mean).norm(dim=-1).max())
-            tol_px = self.tol * math.hypot(*pl_module.moving_hw)
-            self.still_checks = self.still_checks + 1 if self.last_motion_px < tol_px else 0
+            self.last_motion_px, still = corner_motion(corners, self.last_mean, pl_module.moving_hw, self.tol)
+            self.still_checks = self.still_checks + 1 if still else 0
             if trainer.logger is not None:
                 pl_module.log("train/corner_motion_px", self.last_motion_px, on_step=True, batch_size=1)
         self.last_mean = corners
@@ -250,14 +261,12 @@ class PerPairStopping(pl.Callback):
         self.window_sum = None
         active = pl_module.active
         for n in active.nonzero().flatten().tolist():
-            matrix = pl_module.pixel_matrix_of(n, mean[n, 0] + mean[n, 1])
-            corners = transform_points(matrix, image_corners(pl_module.fixed_hws[n]))  # 4 x 2
+            corners = window_corners(pl_module.pixel_matrix_of(n, mean[n, 0] + mean[n, 1]), pl_module.fixed_hws[n])
             if not torch.isfinite(corners).all():
                 continue
             if torch.isfinite(self.last_mean[n]).all():
-                motion = float((corners - self.last_mean[n]).norm(dim=-1).max())
-                tol_px = self.tol * math.hypot(*pl_module.moving_hws[n])
-                self.still_checks[n] = self.still_checks[n] + 1 if motion < tol_px else 0
+                _, still = corner_motion(corners, self.last_mean[n], pl_module.moving_hws[n], self.tol)
+                self.still_checks[n] = self.still_checks[n] + 1 if still else 0
             self.last_mean[n] = corners
             if step >= self.min_steps and self.still_checks[n] >= self.patience:
                 self.converged[n] = True

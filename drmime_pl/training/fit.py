@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -84,7 +85,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
         raise DrmimeError("data.fixed and data.moving must both be set (image paths)")
     fixed_mask = fixed_mask if fixed_mask is not None else d.fixed_mask
     # Folders first: an unusable output.dir or logging.log_dir is found before any image is loaded.
-    from ..io.rundir import check_writable_dir, claim_run_dir, remove_stale_result
+    from ..io.rundir import check_writable_dir, remove_stale_result
 
     if cfg.output.dir:
         check_writable_dir(cfg.output.dir, "output.dir")
@@ -111,7 +112,6 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     # Lightning loads only once the inputs are known to be good: a bad input fails fast.
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
 
     from ..core.estimator import MineEstimator
     from ..core.quality import judge_level
@@ -142,14 +142,8 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     convergence = ConvergenceStopping(f.converge_every, f.converge_tol, f.converge_patience, f.min_steps)
     extra_callbacks, callbacks = list(callbacks), [convergence]
     if lg.enabled:
-        if resumed_dir is not None:  # the checkpoint's run folder: the same TensorBoard run, the same checkpoints
-            run_dir = resumed_dir
-        else:
-            version = claim_run_dir(logs, lg.name)  # atomic: two runs started at once get two folders
-            run_dir = (logs / lg.name if lg.name else logs) / f"version_{version}"
-        logger = TensorBoardLogger(save_dir=str(run_dir.parent), name="", version=run_dir.name,
-                                   default_hp_metric=False)
-        run_dir = Path(logger.log_dir)
+        # A resumed run continues in its checkpoint's run folder: the same TensorBoard run, the same checkpoints.
+        logger, run_dir = run_logger(logs, lg.name, resumed_dir)
         # The resolved config, readable in TensorBoard's TEXT tab (indented: a Markdown code block).
         logger.experiment.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "), 0)
         ckpt_dir = run_dir / "checkpoints"
@@ -205,6 +199,19 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
         print(done_line(result.steps, result.converged, result.seconds, result.wall_seconds), file=sys.stderr,
               flush=True)
     return result
+
+
+def run_logger(logs: Path, name: str, run_dir: Optional[Path] = None):
+    """A TensorBoard logger writing into ``run_dir``, or into a newly claimed ``<logs>/<name>/version_N`` (atomic:
+    two runs started at once get two folders): (logger, its folder)."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from ..io.rundir import claim_run_dir
+
+    if run_dir is None:
+        run_dir = (logs / name if name else logs) / f"version_{claim_run_dir(logs, name)}"
+    logger = TensorBoardLogger(save_dir=str(run_dir.parent), name="", version=run_dir.name, default_hp_metric=False)
+    return logger, Path(logger.log_dir)
 
 
 def schedule_settings(cfg: DictConfig) -> dict:

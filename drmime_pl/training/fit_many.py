@@ -253,16 +253,14 @@ def _optimise(cfg, prepared, device_index):
 
 
 def _batch_logger(cfg):
-    """One TensorBoard run for the batch, ``<logging.log_dir>/<logging.name>/version_N``."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    from ..io.rundir import check_writable_dir, claim_run_dir
+    """One TensorBoard run for the batch, ``<logging.log_dir>/<logging.name>/version_N``: (logger, its checkpoint
+    folder)."""
+    from ..io.rundir import check_writable_dir
     from ..paths import log_root
+    from .fit import run_logger
 
     lg = cfg.logging
     logs = log_root(lg.log_dir, cfg.output.dir)
     check_writable_dir(logs, "logging.log_dir")
-    version = claim_run_dir(logs, lg.name)
-    run_dir = (logs / lg.name if lg.name else logs) / f"version_{version}"
-    logger = TensorBoardLogger(save_dir=str(run_dir.parent), name="", version=run_dir.name, default_hp_metric=False)
-    return logger, Path(logger.log_dir) / "checkpoints"
+    logger, run_dir = run_logger(logs, lg.name)
+    return logger, run_dir / "checkpoints"

@@ -2,8 +2,8 @@
 :class:`~drmime_pl.training.datamodule.PixelBatchSampler` (seeded as a one-pair run is, so pair ``n`` draws exactly
 the pixels it would draw alone), stacked along a leading pair dimension.
 
-Pairs differ in levels and channels: a pair with fewer levels gets placeholder levels (``level_valid`` False, their
-scores ignored), one with fewer channels zero channels (which its statistics network ignores,
+Pairs differ in levels and channels: a pair with fewer levels gets placeholder levels (the module's ``level_valid``
+False, their scores ignored), one with fewer channels zero channels (which its statistics network ignores,
 :class:`~drmime_pl.core.mine.StackedMineNetwork`).
 """
 from __future__ import annotations
@@ -32,10 +32,6 @@ class StackedSampler:
         self.batch_size = self.samplers[0].batch_size
         self.levels = max(s.levels for s in self.samplers)
         self.seed = self.samplers[0].seed
-
-    def level_valid(self) -> torch.Tensor:
-        """``N x L`` bool: which levels each pair has."""
-        return torch.tensor([[level < s.levels for level in range(self.levels)] for s in self.samplers])
 
     def batch(self, step: int) -> Dict[str, torch.Tensor]:
         n, levels, b = len(self.samplers), self.levels, self.batch_size
