@@ -26,7 +26,7 @@ def register(
     Args:
         fixed, moving: image paths, numpy arrays (``H x W`` or ``H x W x C``) or tensors (``C x H x W``).
         transform: ``translation``, ``rigid``, ``similarity``, ``affine`` or ``perspective``; None keeps the
-            config's ``model.transform`` (``perspective`` by default).
+            config's ``model.transform`` (``affine`` by default).
         config: optional YAML config file (the keys of ``configs/default.yaml``).
         overrides: ``section.key=value`` strings, as on the command line.
         fixed_mask: optional mask (path or array, non-zero = use) of the fixed image's size.

@@ -37,7 +37,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    transform: str = "perspective"
+    transform: str = "affine"
     init: str = "search"
     init_matrix: Optional[str] = None
     keep_best: bool = True
