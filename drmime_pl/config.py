@@ -59,8 +59,8 @@ class OptimConfig:
 
 @dataclass
 class FitConfig:
-    max_steps: int = 200
-    min_steps: int = 100
+    max_steps: int = 100
+    min_steps: int = 50
     converge_every: int = 25
     converge_tol: float = 0.002
     converge_patience: int = 2

@@ -12,7 +12,7 @@ import torch
 
 import drmime_pl
 from drmime_pl.core.geometry import frame_matrix, mean_corner_error, pair_scale, warp_image
-from drmime_pl.core.ngf import Level, gradient_features, half_turn_spectra, ngf, shift_spectra
+from drmime_pl.core.ngf import Level, fft_size, gradient_features, half_turn_spectra, ngf, shift_spectra
 from drmime_pl.core.pyramid import auto_foreground
 from drmime_pl.core.search import best_shifts
 
@@ -115,4 +115,34 @@ def test_half_turn_spectra_are_the_spectra_of_the_flipped_images():
         features, valid = torch.rand(2, 3, *size, generator=g), torch.rand(2, *size, generator=g)
         direct = shift_spectra(features.flip(-2, -1), valid.flip(-2, -1))
         assert torch.allclose(half_turn_spectra(shift_spectra(features, valid), size), direct, atol=1e-4)
+        padded = (size[0] + 5, size[1] + 3)  # zero-padded to a faster FFT size, as the search does
+        direct = shift_spectra(features.flip(-2, -1), valid.flip(-2, -1), padded)
+        turned = half_turn_spectra(shift_spectra(features, valid, padded), size, padded)
+        assert torch.allclose(turned, direct, atol=1e-4)
+
+
+def test_fft_size_is_the_next_size_without_a_prime_factor_above_5():
+    assert [fft_size(n) for n in (1, 7, 11, 47, 64, 179, 248)] == [1, 8, 12, 48, 64, 180, 250]
+
+
+def test_padding_to_the_fft_size_changes_no_candidate():
+    """best_shifts pads its canvases with zeros to a fast FFT size (fft_size): every allowed shift scores the same as
+    on the unpadded canvas, so the candidates must equal those of an FFT at the canvas's own size."""
+    import drmime_pl.core.search as search
+
+    fixed = _rotated_scene(angle_deg=0.0, size=90, seed=4)  # a 45 px level: canvases of 91 x 91 (7 x 13)
+    moving = nonmonotonic(_rotated_scene(angle_deg=20.0, size=90, seed=5))
+    level = _level(fixed, moving, size=45)
+    angles = torch.tensor([0.0, 0.35, 0.35 + math.pi], dtype=torch.float64)
+    scales = torch.ones(3, dtype=torch.float64)
+    padded = best_shifts(level, angles, scales)
+    unpadded_size = search.fft_size
+    try:
+        search.fft_size = lambda n: n
+        plain = best_shifts(level, angles, scales)
+    finally:
+        search.fft_size = unpadded_size
+    for a, b in zip(padded, plain):
+        assert a.angle == b.angle and torch.allclose(a.shift, b.shift, atol=1e-12)
+        assert abs(a.score - b.score) < 1e-4 * max(1.0, abs(b.score))
 

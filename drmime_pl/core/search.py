@@ -29,8 +29,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from .geometry import TRANSFORM_DOFS
-from .ngf import (Level, gradient_features, half_extent, half_turn_spectra, ngf, ngf_all_shifts, shift_spectra,
-                  symmetric_ngf)
+from .ngf import (Level, fft_size, gradient_features, half_extent, half_turn_spectra, ngf, ngf_all_shifts,
+                  shift_spectra, symmetric_ngf)
 
 #: Stage 1's levels (long side, pixels) and whether their edge features are centred, finest first. Each contributes
 #: its own best candidates: finer levels resolve detail that lines up only within a few degrees; the coarsest
@@ -104,6 +104,7 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
     h, w = level.fixed.shape[-2:]
     pad_y, pad_x = int(math.ceil(h * max_shift)), int(math.ceil(w * max_shift))
     p, q = h + 2 * pad_y, w + 2 * pad_x
+    fft_hw = (fft_size(p), fft_size(q))  # zero-padded beyond the canvas: the same scores, a faster FFT
     mask = level.mask.float()
     fixed_level_features = level.fixed_features(centred)
     fixed_features = torch.zeros(fixed_level_features.shape[0], p, q)
@@ -111,7 +112,7 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
     fixed_mask = torch.zeros(p, q)
     fixed_mask[pad_y:pad_y + h, pad_x:pad_x + w] = mask
     fixed_count = float(mask.sum())
-    fixed_spectra = shift_spectra(fixed_features, fixed_mask)  # once for every candidate
+    fixed_spectra = shift_spectra(fixed_features, fixed_mask, fft_hw)  # once for every candidate
 
     # Canvas pixel (i, j) = fixed level pixel (j - pad_x, i - pad_y), in the fixed normalised frame.
     norm_trans_pix = level.fixed_norm_trans_pix()
@@ -121,10 +122,10 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     canvas = torch.stack([gx, gy], -1)  # P x Q x 2
     # Circular shifts beyond the padding wrap around: not allowed.
-    dy = torch.arange(p)
-    dy = torch.where(dy > p // 2, dy - p, dy)
-    dx = torch.arange(q)
-    dx = torch.where(dx > q // 2, dx - q, dx)
+    dy = torch.arange(fft_hw[0])
+    dy = torch.where(dy > fft_hw[0] // 2, dy - fft_hw[0], dy)
+    dx = torch.arange(fft_hw[1])
+    dx = torch.where(dx > fft_hw[1] // 2, dx - fft_hw[1], dx)
     allowed = (dy.abs() <= pad_y)[:, None] & (dx.abs() <= pad_x)[None, :]
 
     angles, scales = angles.double().reshape(-1), scales.double().reshape(-1)
@@ -135,20 +136,20 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
         warped = level.warp_moving(torch.einsum("pqj,nij->npqi", canvas, _linear_parts(angles[ids], scales[ids])))
         features = gradient_features(warped[:, 0], warped[:, 1], centred=centred)  # n x 3 x P x Q
         valid = (warped[:, 1] > 0.5).float()
-        spectra = shift_spectra(features, valid)
+        spectra = shift_spectra(features, valid, fft_hw)
         valid_count = valid.sum((1, 2))
         # The canvas is centred on the fixed image, so half a turn more is the same canvas flipped both ways,
         # W_{angle + pi}(y) = W_angle(-y), and the edge features (squares of the normal) flip with it: no warp, and
         # no FFT either.
         with_partner = [k for k, i in enumerate(ids) if partner[i] >= 0]
         if with_partner:
-            spectra = torch.cat([spectra, half_turn_spectra(spectra[with_partner], (p, q))])
+            spectra = torch.cat([spectra, half_turn_spectra(spectra[with_partner], (p, q), fft_hw)])
             valid_count = torch.cat([valid_count, valid_count[with_partner]])
             ids = ids + [partner[ids[k]] for k in with_partner]
         # At least min_overlap of the smaller image (as ngf.overlap_needed): the canvas holds the moving image's
         # valid pixels in fixed-level pixels.
         min_count = min_overlap * torch.clamp(valid_count, max=fixed_count)
-        score = ngf_all_shifts(fixed_spectra, spectra, (p, q), min_count[:, None, None])
+        score = ngf_all_shifts(fixed_spectra, spectra, fft_hw, min_count[:, None, None])
         score = torch.where(allowed, score, torch.full_like(score, float("-inf"))).reshape(score.shape[0], -1)
         finite = torch.isfinite(score)
         count = finite.sum(1).clamp_min(2)
@@ -158,7 +159,7 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
         best = score.argmax(1)
         a = _linear_parts(angles[ids], scales[ids])
         for k, i in enumerate(ids):
-            iy, ix = int(best[k]) // q, int(best[k]) % q
+            iy, ix = int(best[k]) // fft_hw[1], int(best[k]) % fft_hw[1]
             t = torch.tensor([float(dx[ix]) * step_x, float(dy[iy]) * step_y], dtype=torch.float64)
             z = (float(score[k, best[k]]) - float(mean[k])) / max(float(std[k]), 1e-9)
             out[i] = Candidate(float(angles[i]), float(scales[i]), a[k] @ t, z)
