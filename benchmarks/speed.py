@@ -80,7 +80,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIRL = ROOT / "samples" / "birl"
 ELASTIX_PARAMS = Path(__file__).resolve().parent / "speed_elastix" / "affine.txt"
 #: What a registration from the command line imports before it reads an image (Lightning loads only then).
-RUN_IMPORTS = 'imports of a run: python -c "import drmime_pl.training.fit, pytorch_lightning"'
+RUN_IMPORTS_CODE = "import drmime_pl.training.fit, pytorch_lightning"
+RUN_IMPORTS = f'imports of a run: python -c "{RUN_IMPORTS_CODE}"'
 #: the package the children import: the same as this process's
 PKG_ROOT = Path(drmime_pl.__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -522,7 +523,7 @@ def imports_section(args, rows):
                 ("python -c \"import torch\"", [sys.executable, "-c", "import torch"]),
                 ("python -c \"import drmime_pl\"", [sys.executable, "-c", "import drmime_pl"]),
                 ("python -m drmime_pl.fit --help", [sys.executable, "-m", "drmime_pl.fit", "--help"]),
-                (RUN_IMPORTS, [sys.executable, "-c", "import drmime_pl.training.fit, pytorch_lightning"])]
+                (RUN_IMPORTS, [sys.executable, "-c", RUN_IMPORTS_CODE])]
     body = []
     with tempfile.TemporaryDirectory(prefix="drmime-speed-") as tmp:
         for name, cmd in commands:

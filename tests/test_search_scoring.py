@@ -125,7 +125,7 @@ def test_fft_size_is_the_next_size_without_a_prime_factor_above_5():
     assert [fft_size(n) for n in (1, 7, 11, 47, 64, 179, 248)] == [1, 8, 12, 48, 64, 180, 250]
 
 
-def test_padding_to_the_fft_size_changes_no_candidate():
+def test_padding_to_the_fft_size_changes_no_candidate(monkeypatch):
     """best_shifts pads its canvases with zeros to a fast FFT size (fft_size): every allowed shift scores the same as
     on the unpadded canvas, so the candidates must equal those of an FFT at the canvas's own size."""
     import drmime_pl.core.search as search
@@ -136,12 +136,8 @@ def test_padding_to_the_fft_size_changes_no_candidate():
     angles = torch.tensor([0.0, 0.35, 0.35 + math.pi], dtype=torch.float64)
     scales = torch.ones(3, dtype=torch.float64)
     padded = best_shifts(level, angles, scales)
-    unpadded_size = search.fft_size
-    try:
-        search.fft_size = lambda n: n
-        plain = best_shifts(level, angles, scales)
-    finally:
-        search.fft_size = unpadded_size
+    monkeypatch.setattr(search, "fft_size", lambda n: n)
+    plain = best_shifts(level, angles, scales)
     for a, b in zip(padded, plain):
         assert a.angle == b.angle and torch.allclose(a.shift, b.shift, atol=1e-12)
         assert abs(a.score - b.score) < 1e-4 * max(1.0, abs(b.score))

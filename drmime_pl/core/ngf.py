@@ -191,9 +191,11 @@ class Level:
 
     def fixed_features(self, centred: bool = False) -> torch.Tensor:
         """:func:`gradient_features` of the gray fixed level, zero outside the mask: ``3 x h x w``."""
-        mask = self.mask.float()
-        return self.derived(("fixed_features", centred),
-                            lambda: gradient_features(gray(self.fixed), mask, centred=centred) * mask)
+        def make() -> torch.Tensor:
+            mask = self.mask.float()
+            return gradient_features(gray(self.fixed), mask, centred=centred) * mask
+
+        return self.derived(("fixed_features", centred), make)
 
     def fixed_norm_trans_pix(self) -> torch.Tensor:
         """Pixel (x, y, 1) of the fixed *level* -> the fixed image's normalised frame, through the level-invariant
