@@ -83,3 +83,44 @@ def test_warp_array_needs_little_more_than_its_input_and_output():
                            "a = (x[0].numpy() * 255).astype(np.uint8)\ndel x",
                            "y = warp_array(a, 'YX', np.eye(3), (n, n))")
     assert used < 12, f"warp_array peaked at {used:.1f} bytes per pixel"
+
+
+FAULTS_PROBE = """
+import resource, sys, torch
+from drmime_pl.training.memory import keep_freed_memory
+print(keep_freed_memory() if sys.argv[1] == "tuned" else "untuned")
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def one_round(i):  # two 20 MB tensors alive at once and a third of varying size, as in a search or a polish
+    a = torch.ones(5_000_000); b = torch.ones(5_000_000); c = torch.ones(1_000_000 * (1 + i % 3))
+    del a, b, c
+for i in range(3):
+    one_round(i)
+before = faults()
+for i in range(10):
+    one_round(i)
+print(faults() - before)
+"""
+
+
+def test_freed_blocks_are_reused_without_page_faults():
+    """training/memory.py: once set, tensors of a registration's sizes come from the heap again; with glibc's own
+    thresholds the heap is trimmed and every round faults its pages in again."""
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS_PROBE, mode], capture_output=True, text=True, cwd=REPO,
+                             check=True).stdout.split()
+        return out[0], int(out[1])
+
+    pages = 5_000_000 * 4 // 4096
+    status, tuned = run("tuned")
+    assert status == "True" and tuned < pages // 10
+    _, untuned = run("untuned")
+    assert untuned > pages  # the probe does show the difference on this system
+
+
+def test_a_users_malloc_settings_are_left_alone(monkeypatch):
+    import drmime_pl.training.memory as memory
+
+    monkeypatch.setattr(memory, "_done", False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    assert memory.keep_freed_memory() is False

@@ -12,7 +12,8 @@ import torch
 
 import drmime_pl
 from drmime_pl.core.geometry import frame_matrix, mean_corner_error, pair_scale, warp_image
-from drmime_pl.core.ngf import Level, fft_size, gradient_features, half_turn_spectra, ngf, shift_spectra
+from drmime_pl.core.ngf import (Level, fft_size, gradient_features, half_turn_spectra, ngf, ngf_all_shifts,
+                                shift_spectra)
 from drmime_pl.core.pyramid import auto_foreground
 from drmime_pl.core.search import best_shifts
 
@@ -121,6 +122,28 @@ def test_half_turn_spectra_are_the_spectra_of_the_flipped_images():
         assert torch.allclose(turned, direct, atol=1e-4)
 
 
+def test_scoring_turned_canvases_equals_scoring_their_spectra():
+    """ngf_all_shifts(half_turn=...) scores canvases turned by half a turn from the unturned canvases' spectra; it must
+    give what scoring the turned canvases' own spectra gives, on every shift and on a subset of them (keep)."""
+    g = torch.Generator().manual_seed(3)
+    size, padded = (11, 15), (12, 16)
+    fixed = shift_spectra(torch.rand(3, *size, generator=g), (torch.rand(*size, generator=g) > 0.3).float(), padded)
+    features, valid = torch.rand(2, 3, *size, generator=g), (torch.rand(2, *size, generator=g) > 0.2).float()
+    turned_spectra = shift_spectra(features.flip(-2, -1), valid.flip(-2, -1), padded)
+    min_count = torch.tensor([[30.0], [80.0]])  # overlaps here are 70-96 pixels: the second loses some shifts
+    direct = ngf_all_shifts(fixed, turned_spectra, padded, min_count[:, :, None])
+    turned = ngf_all_shifts(fixed, shift_spectra(features, valid, padded), padded, min_count[:, :, None],
+                            half_turn=size)
+    assert torch.isinf(direct).any() and torch.isfinite(direct).any()  # both outcomes of the overlap rule occur
+    assert torch.equal(torch.isinf(turned), torch.isinf(direct))
+    finite = torch.isfinite(direct)
+    assert torch.allclose(turned[finite], direct[finite], atol=1e-5)
+    keep = torch.tensor([0, 5, 17, 100, 191])
+    subset = ngf_all_shifts(fixed, shift_spectra(features, valid, padded), padded, min_count, keep=keep,
+                            half_turn=size)
+    assert torch.allclose(subset, turned.flatten(1)[:, keep], atol=1e-6)
+
+
 def test_fft_size_is_the_next_size_without_a_prime_factor_above_5():
     assert [fft_size(n) for n in (1, 7, 11, 47, 64, 179, 248)] == [1, 8, 12, 48, 64, 180, 250]
 
@@ -142,3 +165,18 @@ def test_padding_to_the_fft_size_changes_no_candidate(monkeypatch):
         assert a.angle == b.angle and torch.allclose(a.shift, b.shift, atol=1e-12)
         assert abs(a.score - b.score) < 1e-4 * max(1.0, abs(b.score))
 
+
+
+def test_between_angles_are_half_a_step_off_the_best_fifth_only():
+    from drmime_pl.core.search import Candidate, _between_angles
+
+    step = math.radians(7.5)
+    found = [Candidate(k * step, 1.0, torch.zeros(2, dtype=torch.float64), float(k)) for k in range(48)]
+    found += [Candidate(0.0, 2.0, torch.zeros(2, dtype=torch.float64), 100.0)]  # the best one, at angle 0
+    angles, scales = _between_angles(found, step)
+    got = sorted((round(math.degrees(a), 6), s) for a, s in zip(angles.tolist(), scales.tolist()))
+    # the best 10 of 49: angle 0 at scale 2, then angles 47..39 steps at scale 1; each +-3.75 degrees, wrapped
+    want = sorted([(3.75, 2.0), (356.25, 2.0)] + [(round(k * 7.5 + side * 3.75, 6), 1.0)
+                                                     for k in range(39, 48) for side in (-1, 1)])
+    want = sorted(set((a % 360, s) for a, s in want))
+    assert got == want

@@ -94,15 +94,20 @@ def half_turn_spectra(spectra: torch.Tensor, size, fft_hw=None) -> torch.Tensor:
     """:func:`shift_spectra` of the same ``P x Q`` images (``size``) flipped both ways (turned by half a turn),
     without an FFT. For a real ``x`` zero-padded to ``P'`` (``fft_hw``, default ``size``), ``y[n] = x[P - 1 - n]``
     has ``Y[k] = exp(2 pi i k (P' - P + 1) / P') conj(X[k])`` on each axis."""
+    return spectra.conj() * _half_turn_phase(size, fft_hw, spectra.shape[-1])
+
+
+def _half_turn_phase(size, fft_hw, columns: int) -> torch.Tensor:
+    """The phase of :func:`half_turn_spectra`: ``P' x columns`` complex."""
     p, q = int(size[0]), int(size[1])
     fp, fq = (p, q) if fft_hw is None else (int(fft_hw[0]), int(fft_hw[1]))
     phase_y = torch.polar(torch.ones(fp), torch.arange(fp) * (2 * math.pi * (fp - p + 1) / fp))[:, None]
-    phase_x = torch.polar(torch.ones(spectra.shape[-1]),
-                          torch.arange(spectra.shape[-1]) * (2 * math.pi * (fq - q + 1) / fq))[None]
-    return spectra.conj() * (phase_y * phase_x)
+    phase_x = torch.polar(torch.ones(columns), torch.arange(columns) * (2 * math.pi * (fq - q + 1) / fq))[None]
+    return phase_y * phase_x
 
 
-def ngf_all_shifts(fixed_spectra: torch.Tensor, canvas_spectra: torch.Tensor, size, min_count) -> torch.Tensor:
+def ngf_all_shifts(fixed_spectra: torch.Tensor, canvas_spectra: torch.Tensor, size, min_count,
+                   keep: Optional[torch.Tensor] = None, half_turn=None) -> torch.Tensor:
     """NGF for every circular shift of the canvases, by FFT cross-correlation (index ``[dy, dx]``).
 
     Args:
@@ -110,19 +115,32 @@ def ngf_all_shifts(fixed_spectra: torch.Tensor, canvas_spectra: torch.Tensor, si
             padding) and mask (``P x Q`` float): ``C+1 x P x Q'``.
         canvas_spectra: :func:`shift_spectra` of ``N`` canvases' features and validity: ``N x C+1 x P x Q'``.
         size: ``(P, Q)`` of the FFT (the ``fft_hw`` of :func:`shift_spectra`).
-        min_count: a float or ``N x 1 x 1``: shifts whose overlap has fewer pixels score ``-inf``.
+        min_count: a float or ``N x 1`` (``N x 1 x 1`` without ``keep``): shifts whose overlap has fewer pixels
+            score ``-inf``.
+        keep: flat indices ``dy * Q + dx`` of the only shifts wanted (``K``, int64), or None: all.
+        half_turn: ``(P0, Q0)``, the canvases' size before the zero-padding: score the canvases turned by half a
+            turn instead (:func:`half_turn_spectra`), without making their spectra.
 
     Returns:
-        ``N x P x Q``: the mean of ``(n_F . n_M)^2`` over the overlap when canvas pixel ``x + t`` meets fixed pixel
-        ``x``.
+        ``N x P x Q`` (``N x K`` with ``keep``): the mean of ``(n_F . n_M)^2`` over the overlap when canvas pixel
+        ``x + t`` meets fixed pixel ``x``.
     """
     f_hat, m_hat = fixed_spectra, canvas_spectra
     # sum_x F(x) W(x + t) = irfft(conj(F^) W^); the feature channels' products are summed before the inverse FFT.
     c = f_hat.shape[0] - 1
-    both = torch.stack([(f_hat[:c].conj()[None] * m_hat[:, :c]).sum(1), f_hat[c].conj()[None] * m_hat[:, c]], 1)
-    agreement, count = torch.fft.irfft2(both, s=tuple(size)).unbind(1)  # N x P x Q each
+    if half_turn is None:
+        f_hat = f_hat.conj()
+    both = torch.stack([(f_hat[:c][None] * m_hat[:, :c]).sum(1), f_hat[c][None] * m_hat[:, c]], 1)
+    if half_turn is not None:
+        # The turned canvases' spectra are phase * conj(M^), so the products are phase * conj(F^ M^): the phase is
+        # applied to the two summed products only, not to every channel.
+        both = both.conj_physical_().mul_(_half_turn_phase(half_turn, size, both.shape[-1]))
+    both = torch.fft.irfft2(both, s=tuple(size))  # N x 2 x P x Q
+    if keep is not None:  # only the wanted shifts are divided and compared
+        both = both.flatten(2).index_select(2, keep)  # N x 2 x K
+    agreement, count = both.unbind(1)
     score = agreement / count.clamp_min(1.0)
-    return torch.where(count >= min_count, score, torch.full_like(score, float("-inf")))
+    return score.masked_fill_(count < min_count, float("-inf"))
 
 
 def gray(image: torch.Tensor) -> torch.Tensor:

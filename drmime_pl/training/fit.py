@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import CheckpointError, ConfigError, DrmimeError, RegistrationError, RegistrationInterrupted
+from .memory import keep_freed_memory
 
 
 #: Pixels (fixed + moving) above which a finished registration runs a full garbage collection before writing.
@@ -79,6 +80,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     d, m, f, lg = cfg.data, cfg.model, cfg.fit, cfg.logging
     if f.threads > 0:
         torch.set_num_threads(int(f.threads))
+    keep_freed_memory()  # large tensors come from the heap, not fresh pages: training/memory.py
     fixed = fixed if fixed is not None else d.fixed
     moving = moving if moving is not None else d.moving
     if fixed is None or moving is None:

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from ..core.geometry import TRANSFORM_DOFS
 from ..errors import ConfigError, RegistrationError, RegistrationInterrupted
 from ..io.images import ImageLike
+from .memory import keep_freed_memory
 
 
 @dataclass
@@ -81,6 +82,7 @@ def fit_batches(cfg: DictConfig, pairs: Sequence[PairSpec], batch_size: int,
     batches = [list(pairs[i:i + batch_size]) for i in range(0, len(pairs), batch_size)]
     if not batches:
         return
+    keep_freed_memory()  # as fit does: training/memory.py
     workers = int(cfg.fit.workers) or _cores()
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if workers > 1 else (int(cfg.fit.threads) or threads))
