@@ -285,19 +285,15 @@ def global_search(
     # refinement a zoomed-in candidate can outscore the truth that a finer level ranked first.
     starts: List[Candidate] = []
     always: List[Candidate] = []
-    finest: List[Candidate] = []
-    for size, centred in SHIFT_STAGES + ((None, None),):
-        if size is None:  # last, between the grid's angles near the finest level's best candidates
-            if dofs < 3:
-                break
-            size, centred = SHIFT_STAGES[0]
-            found = best_shifts(level(size), *_between_angles(finest, step), centred=centred)
-        else:
-            found = best_shifts(level(size), grid_a.reshape(-1), grid_s.reshape(-1), centred=centred)
-            finest = finest or found
-        for rank, c in enumerate(_best_distinct(found, keep[0], step, log_ratio)):
-            if all(_distinct(c, p, step, log_ratio) for p in starts + always):
-                (always if rank == 0 else starts).append(c)
+    for stage, (size, centred) in enumerate(SHIFT_STAGES):
+        found = best_shifts(level(size), grid_a.reshape(-1), grid_s.reshape(-1), centred=centred)
+        if stage == 0:
+            finest = found
+        _add_best_distinct(found, starts, always, keep[0], step, log_ratio)
+    if dofs >= 3:  # the finest level again, between the grid's angles next to its best candidates
+        size, centred = SHIFT_STAGES[0]
+        found = best_shifts(level(size), *_between_angles(finest, step), centred=centred)
+        _add_best_distinct(found, starts, always, keep[0], step, log_ratio)
     always += list(seeds)
     refine_levels = [level(size) for size in REFINE_SIZES]
     shift_step = 2.0 * max(half_extent(fixed_hw, scale)) / max(refine_levels[0].fixed.shape[-2:])  # one pixel
@@ -315,6 +311,15 @@ def global_search(
         step, log_ratio, shift_step = step / 2, log_ratio / 2, shift_step / 2
     starts += always
     return sorted(starts, key=lambda c: c.score, reverse=True)
+
+
+def _add_best_distinct(found: Sequence[Candidate], starts: List[Candidate], always: List[Candidate], count: int,
+                       angle_step: float, log_ratio: float) -> None:
+    """Append the ``count`` best distinct of ``found`` that are not near-duplicates of a candidate already taken: the
+    best one to ``always`` (it goes on to the end), the others to ``starts``."""
+    for rank, c in enumerate(_best_distinct(found, count, angle_step, log_ratio)):
+        if all(_distinct(c, p, angle_step, log_ratio) for p in starts + always):
+            (always if rank == 0 else starts).append(c)
 
 
 def _between_angles(found: Sequence[Candidate], angle_step: float, fraction: float = BETWEEN_FRACTION):
