@@ -291,9 +291,15 @@ def test_fire_registers_end_to_end_and_rescoring_matches(fire_dir, tmp_path, cap
     assert {k: again[k] for k in s01} == s01
 
 
-def test_batched_evaluation_writes_what_one_at_a_time_reads(fire_dir, tmp_path, capsys):
+def test_batched_evaluation_writes_what_one_at_a_time_reads(fire_dir, tmp_path, capsys, monkeypatch):
     """--batch-size 2: S01 and A01 in one optimisation loop, A02 (no images) failed in its place; the result files
-    are those of one-pair runs, so a --batch-size 1 run afterwards re-scores them instead of registering again."""
+    are those of one-pair runs, so a --batch-size 1 run afterwards re-scores them instead of registering again.
+    Each pair's landmark file is read once."""
+    import drmime_pl.evaluation.run as run_module
+
+    reads = []
+    read_points = run_module.read_points
+    monkeypatch.setattr(run_module, "read_points", lambda pair: reads.append(pair.name) or read_points(pair))
     fire = tmp_path / "fire"
     shutil.copytree(fire_dir, fire)
     (fire / "Ground Truth" / "control_points_A02_1_2.txt").write_text("10 10 12 12\n")
@@ -302,6 +308,7 @@ def test_batched_evaluation_writes_what_one_at_a_time_reads(fire_dir, tmp_path, 
             "fit.max_steps=80", "fit.min_steps=0", "data.batch_size=256", "data.levels=3", "output.overlay=false",
             "model.init=identity"]
     assert main(args + ["--batch-size", "2"]) == 0
+    assert sorted(reads) == ["A01", "A02", "S01"]
     rows = read_pairs(out)
     assert list(rows) == ["A01", "A02", "S01"]
     assert rows["A02"]["status"] == "failed" and "A02_1.jpg" in rows["A02"]["error"]

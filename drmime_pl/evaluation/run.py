@@ -17,11 +17,14 @@ from .metrics import PairResult, tre, tre_summary
 from .reports import pairs_csv_text
 
 
-def evaluate_pair(pair: Pair, get_transform: Callable[[Pair], dict], reraise: bool = False) -> PairResult:
-    """Score one pair. Any error makes it ``failed`` with a one-line message (``reraise``: let it propagate)."""
+def evaluate_pair(pair: Pair, get_transform: Callable[[Pair], dict], reraise: bool = False,
+                  points=None) -> PairResult:
+    """Score one pair. Any error makes it ``failed`` with a one-line message (``reraise``: let it propagate).
+    ``points``: the pair's landmarks ``(fixed, moving)`` when already read."""
     result = PairResult(name=pair.name, group=pair.group)
     try:
-        fixed_pts, moving_pts = read_points(pair)  # first: a missing landmark file costs no registration
+        # first: a missing landmark file costs no registration
+        fixed_pts, moving_pts = read_points(pair) if points is None else points
         t = get_transform(pair)
         result.skipped = bool(t.get("skipped", False))
         result.seconds, result.steps = t["seconds"], t["steps"]
@@ -66,18 +69,18 @@ def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: boo
     csv_path = out / "pairs.csv" if csv_path is None else csv_path
     batched = batch_size > 1 and hasattr(get_transform, "batched")
     if batched:  # a pair whose landmarks cannot be read costs no registration, as one at a time
-        to_register = [pair for pair in pairs if _landmarks_readable(pair)]
+        landmarks = _readable_landmarks(pairs)
+        to_register = [pair for pair in pairs if id(pair) in landmarks]
         outcomes = get_transform.batched(to_register, batch_size)
-        registered = {id(pair) for pair in to_register}
     for i, pair in enumerate(pairs, start=1):
         head = f"[{i}/{n}] {pair.name} ... "
         if prefix is None and not batched:
             print(head, end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
-            if batched and id(pair) in registered:
+            if batched and id(pair) in landmarks:
                 _, outcome = next(outcomes)
-                result = evaluate_pair(pair, _known(outcome), reraise=reraise)
+                result = evaluate_pair(pair, _known(outcome), reraise=reraise, points=landmarks[id(pair)])
             else:
                 result = evaluate_pair(pair, get_transform, reraise=reraise)
         except (KeyboardInterrupt, RegistrationInterrupted) as exc:  # Ctrl-C/SIGTERM/SIGHUP, between or in a pair
@@ -95,12 +98,15 @@ def run(pairs: Sequence[Pair], get_transform, mode: str, out: Path, reraise: boo
     return results, False
 
 
-def _landmarks_readable(pair: Pair) -> bool:
-    try:
-        read_points(pair)
-    except Exception:  # noqa: BLE001 - evaluate_pair reports it
-        return False
-    return True
+def _readable_landmarks(pairs: Sequence[Pair]) -> dict:
+    """``id(pair) -> (fixed, moving)`` landmarks of the pairs whose landmark files can be read (each read once)."""
+    out = {}
+    for pair in pairs:
+        try:
+            out[id(pair)] = read_points(pair)
+        except Exception:  # noqa: BLE001 - evaluate_pair reports it
+            continue
+    return out
 
 
 def _known(outcome):
