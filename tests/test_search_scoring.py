@@ -12,7 +12,7 @@ import torch
 
 import drmime_pl
 from drmime_pl.core.geometry import frame_matrix, mean_corner_error, pair_scale, warp_image
-from drmime_pl.core.ngf import (Level, fft_size, gradient_features, half_turn_spectra, ngf, ngf_all_shifts,
+from drmime_pl.core.ngf import (Level, fft_size, gradient_features, half_turn_phase, ngf, ngf_all_shifts,
                                 shift_spectra)
 from drmime_pl.core.pyramid import auto_foreground
 from drmime_pl.core.search import best_shifts
@@ -110,15 +110,17 @@ def test_half_turn_partners_reuse_a_warp_without_changing_the_scores():
         assert torch.allclose(together[i].shift, alone.shift, atol=1e-9)
 
 
-def test_half_turn_spectra_are_the_spectra_of_the_flipped_images():
+def test_half_turn_phase_turns_the_spectra_into_those_of_the_flipped_images():
     g = torch.Generator().manual_seed(2)
     for size in ((12, 16), (11, 15)):  # even and odd sizes
         features, valid = torch.rand(2, 3, *size, generator=g), torch.rand(2, *size, generator=g)
         direct = shift_spectra(features.flip(-2, -1), valid.flip(-2, -1))
-        assert torch.allclose(half_turn_spectra(shift_spectra(features, valid), size), direct, atol=1e-4)
+        spectra = shift_spectra(features, valid)
+        assert torch.allclose(spectra.conj() * half_turn_phase(size, None, spectra.shape[-1]), direct, atol=1e-4)
         padded = (size[0] + 5, size[1] + 3)  # zero-padded to a faster FFT size, as the search does
         direct = shift_spectra(features.flip(-2, -1), valid.flip(-2, -1), padded)
-        turned = half_turn_spectra(shift_spectra(features, valid, padded), size, padded)
+        spectra = shift_spectra(features, valid, padded)
+        turned = spectra.conj() * half_turn_phase(size, padded, spectra.shape[-1])
         assert torch.allclose(turned, direct, atol=1e-4)
 
 

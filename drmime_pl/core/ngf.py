@@ -90,15 +90,11 @@ def shift_spectra(features: torch.Tensor, valid: torch.Tensor, fft_hw=None) -> t
     return torch.fft.rfft2(torch.cat([features, valid.unsqueeze(-3)], -3), s=fft_hw)
 
 
-def half_turn_spectra(spectra: torch.Tensor, size, fft_hw=None) -> torch.Tensor:
-    """:func:`shift_spectra` of the same ``P x Q`` images (``size``) flipped both ways (turned by half a turn),
-    without an FFT. For a real ``x`` zero-padded to ``P'`` (``fft_hw``, default ``size``), ``y[n] = x[P - 1 - n]``
-    has ``Y[k] = exp(2 pi i k (P' - P + 1) / P') conj(X[k])`` on each axis."""
-    return spectra.conj() * _half_turn_phase(size, fft_hw, spectra.shape[-1])
-
-
-def _half_turn_phase(size, fft_hw, columns: int) -> torch.Tensor:
-    """The phase of :func:`half_turn_spectra`: ``P' x columns`` complex."""
+def half_turn_phase(size, fft_hw, columns: int) -> torch.Tensor:
+    """How the spectra of ``P x Q`` images (``size``) turn when the images are flipped both ways (turned by half a
+    turn): for a real ``x`` zero-padded to ``P'`` (``fft_hw``, None: ``size``), ``y[n] = x[P - 1 - n]`` has
+    ``Y[k] = phase[k] conj(X[k])`` with ``phase[k] = exp(2 pi i k (P' - P + 1) / P')`` on each axis. Returns the
+    product of both axes' phases, ``P' x columns`` complex (``columns``: those of an ``rfft2``)."""
     p, q = int(size[0]), int(size[1])
     fp, fq = (p, q) if fft_hw is None else (int(fft_hw[0]), int(fft_hw[1]))
     phase_y = torch.polar(torch.ones(fp), torch.arange(fp) * (2 * math.pi * (fp - p + 1) / fp))[:, None]
@@ -119,7 +115,7 @@ def ngf_all_shifts(fixed_spectra: torch.Tensor, canvas_spectra: torch.Tensor, si
             score ``-inf``.
         keep: flat indices ``dy * Q + dx`` of the only shifts wanted (``K``, int64), or None: all.
         half_turn: ``(P0, Q0)``, the canvases' size before the zero-padding: score the canvases turned by half a
-            turn instead (:func:`half_turn_spectra`), without making their spectra.
+            turn instead (:func:`half_turn_phase`), without making their spectra.
 
     Returns:
         ``N x P x Q`` (``N x K`` with ``keep``): the mean of ``(n_F . n_M)^2`` over the overlap when canvas pixel
@@ -134,7 +130,7 @@ def ngf_all_shifts(fixed_spectra: torch.Tensor, canvas_spectra: torch.Tensor, si
     if half_turn is not None:
         # The turned canvases' spectra are phase * conj(M^), so the products are phase * conj(F^ M^): the phase is
         # applied to the two summed products only, not to every channel.
-        both = both.conj_physical_().mul_(_half_turn_phase(half_turn, size, both.shape[-1]))
+        both = both.conj_physical_().mul_(half_turn_phase(half_turn, size, both.shape[-1]))
     both = torch.fft.irfft2(both, s=tuple(size))  # N x 2 x P x Q
     if keep is not None:  # only the wanted shifts are divided and compared
         both = both.flatten(2).index_select(2, keep)  # N x 2 x K
