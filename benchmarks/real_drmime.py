@@ -26,6 +26,10 @@ from pathlib import Path
 import numpy as np
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+#: Categories whose ground truth does not line up their images: the landmark truth stands out from misaligned copies
+#: on none of their pairs, on edges or on intensities (benchmarks/audit_truth.py; RESULTS.md, ninth round). They are
+#: still registered and reported; the second total leaves them out.
+UNSCOREABLE = {("real-srif", "optical_sar")}
 COLUMNS = ["method", "group", "pair", "source", "modality", "magnitude", "fixed_hw", "rtre", "seconds", "threads",
            "matrix", "error", "steps", "suspect", "z", "chosen"]
 
@@ -86,6 +90,12 @@ def report(rows, limit: float = 0.01) -> str:
                      f"median s {np.median([r['seconds'] for r in rs]):.1f}")
     ok = sum(r["rtre"] <= limit for r in rows)
     lines.append(f"all: {ok}/{len(rows)} = {ok / max(1, len(rows)):.1%} at rTRE <= {limit}")
+    scoreable = [r for r in rows if (r["group"], r["modality"]) not in UNSCOREABLE]
+    if len(scoreable) < len(rows):
+        ok = sum(r["rtre"] <= limit for r in scoreable)
+        left_out = ", ".join(" ".join(k) for k in sorted(UNSCOREABLE))
+        lines.append(f"all but {left_out} (ground truth does not line up the images: audit_truth.py): "
+                     f"{ok}/{len(scoreable)} = {ok / len(scoreable):.1%}")
     judged = [r for r in rows if r.get("suspect") is not None]
     bad = [r for r in judged if not r["rtre"] <= limit]
     good = [r for r in judged if r["rtre"] <= limit]
