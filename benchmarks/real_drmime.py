@@ -7,7 +7,7 @@
 It is what ``compare.py --methods drmime --groups real-jiang,real-srif`` measures, but through the files (as a user
 runs it: EXIF, palette and channel handling included) with one torch thread per process, ``--jobs`` processes at
 once. Its ``pairs.csv`` has compare.py's columns (method ``drmime``) plus the verdict (``suspect``, ``z``,
-``chosen``), so ``compare.py --summarise`` puts it beside the peers, and it prints the success rate per category
+``chosen``, and which result a ``second_opinion`` kept), so ``compare.py --summarise`` puts it beside the peers, and it prints the success rate per category
 and how well the ``suspect`` flag predicts failure. The real sets carry no licence: they are read where they lie.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 #: still registered and reported; the second total leaves them out.
 UNSCOREABLE = {("real-srif", "optical_sar")}
 COLUMNS = ["method", "group", "pair", "source", "modality", "magnitude", "fixed_hw", "rtre", "seconds", "threads",
-           "matrix", "error", "steps", "suspect", "z", "chosen"]
+           "matrix", "error", "steps", "suspect", "z", "chosen", "second_opinion"]
 
 
 def pairs(root: Path, sets, only: str):
@@ -65,7 +65,8 @@ def register_one(job):
         matrix, hw = np.asarray(reg.matrix), reg.fixed_shape
         z = reg.quality.get("z")
         row.update(steps=reg.steps, suspect=reg.quality.get("suspect"), z=None if z is None else round(z, 3),
-                   chosen=reg.quality.get("chosen"))
+                   chosen=reg.quality.get("chosen"),
+                   second_opinion=(reg.quality.get("second_opinion") or {}).get("kept", ""))
     except Exception as exc:  # noqa: BLE001 - a failed pair is a row, not the end of the run
         matrix, hw = np.full((3, 3), np.nan), image_size(pair.fixed_image)
         row["error"] = f"{exc.__class__.__name__}: {exc}"[:200]

@@ -92,6 +92,11 @@ def _fit_main(argv=None) -> int:
         ngf, z = ("n/a" if q[k] is None else f"{q[k]:.{d}f}" for k, d in (("ngf", 3), ("z", 1)))  # None: no overlap
         print(f"quality: {verdict} (edge agreement {ngf}, z {z} against misaligned copies; kept the {q['chosen']} "
               f"transform)")
+        second = q.get("second_opinion")
+        if second:
+            z_first, z_second = ("n/a" if second[k] is None else f"{second[k]:.1f}" for k in ("z_first", "z_second"))
+            print(f"second opinion: the first registration's z {z_first}, the second's {z_second}: kept the "
+                  f"{second['kept']}")
     print("matrix (fixed pixel -> moving pixel):")
     for row in result.matrix:
         print("  " + "  ".join(f"{v: .6g}" for v in row))

@@ -41,6 +41,7 @@ def test_large_rotation_and_scale_are_recovered(angle_deg, scale):
     error = mean_corner_error(reg.matrix, truth, reg.fixed_shape)
     assert error < 1.0, (angle_deg, scale, error, reg.quality)
     assert not reg.quality["suspect"], reg.quality
+    assert "second_opinion" not in reg.quality  # a result that stands out is not registered again
 
 
 def test_aligned_multimodal_pair_stays_aligned():

@@ -77,3 +77,35 @@ def test_cached_features_and_swapped_level_are_what_they_would_be():
     assert swapped is level.swapped()  # made once
     assert torch.equal(swapped.fixed, level.moving) and torch.equal(swapped.moving, level.fixed)
     assert torch.equal(swapped.mask, level.valid > 0.5)
+
+
+def test_an_exact_level_keeps_the_image_frame():
+    """``Level.from_pyramids(exact=True)`` resamples a pyramid level to the requested long side; its pixels must
+    still sit where the frames say: a ramp of the full image's x (and y) coordinate reads, at each level pixel, the
+    full-resolution coordinate that ``fixed_norm_trans_pix`` gives that pixel."""
+    import torch.nn.functional as F
+
+    from drmime_pl.core.geometry import frame_matrix
+
+    full_hw, scale = (200, 320), 160.0
+    ys, xs = torch.meshgrid(torch.arange(full_hw[0], dtype=torch.float32),
+                            torch.arange(full_hw[1], dtype=torch.float32), indexing="ij")
+    ramp = torch.stack([xs, ys])  # 2 x H x W: each pixel's own full-resolution (x, y)
+    pyramid = [ramp] + [F.interpolate(ramp[None], size=(full_hw[0] >> k, full_hw[1] >> k), mode="bilinear",
+                                      align_corners=False, antialias=True)[0] for k in (1, 2, 3)]
+    masks = [torch.ones(p.shape[-2:], dtype=torch.bool) for p in pyramid]
+    level = Level.from_pyramids(pyramid, masks, pyramid, None, full_hw, full_hw, scale, 128, exact=True)
+    h, w = level.fixed.shape[-2:]
+    assert (h, w) == (80, 128)  # from the 160 px level, not the 80 px one below it
+    full_pix_trans_level_pix = frame_matrix(full_hw, "norm", "pix", scale) @ level.fixed_norm_trans_pix()
+    ly, lx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    expected_x = full_pix_trans_level_pix[0, 0] * lx + full_pix_trans_level_pix[0, 2]
+    expected_y = full_pix_trans_level_pix[1, 1] * ly + full_pix_trans_level_pix[1, 2]
+    # Area averaging over whole source pixels places each level pixel within half a source pixel (1 full-resolution
+    # pixel here) of where it should be, and on average where it should be; a frame off by a level pixel is not.
+    error_x = level.fixed[0].double() - expected_x
+    error_y = level.fixed[1].double() - expected_y
+    assert error_x.abs().max() <= 1.0 and error_y.abs().max() <= 1.0
+    assert abs(float(error_x.mean())) < 0.05 and abs(float(error_y.mean())) < 0.05
+    # without exact, the pyramid's own 80 px level
+    assert max(Level.from_pyramids(pyramid, masks, pyramid, None, full_hw, full_hw, scale, 128).fixed.shape) == 80

@@ -170,9 +170,27 @@ class Level:
 
     @classmethod
     def from_pyramids(cls, fixed_pyramid, fixed_masks, moving_pyramid, moving_valid, fixed_hw, moving_hw,
-                      scale: float, size: int) -> "Level":
+                      scale: float, size: int, exact: bool = False) -> "Level":
         """The finest pyramid level whose long side is at most ``size`` (average-pooled further when even the
-        coarsest is larger). Both images use the same level index and pooling factor, so their pixels match."""
+        coarsest is larger). Both images use the same level index and pooling factor, so their pixels match.
+
+        ``exact``: instead, the coarsest level whose long side is at least ``size``, area-averaged down to a long side
+        of exactly ``size`` (the moving level by the same factor). Halving leaves the pyramid's levels anywhere from
+        half of ``size`` up: a 320 px image's level at or below 128 px has 80 px.
+        """
+        if exact:
+            i = max([0] + [k for k, img in enumerate(fixed_pyramid) if max(img.shape[-2:]) >= size])
+            i = min(i, len(moving_pyramid) - 1)
+            ratio = size / max(fixed_pyramid[i].shape[-2:])
+            if ratio < 1:
+                def resample(x: torch.Tensor) -> torch.Tensor:
+                    y = x.float() if x.dim() == 3 else x.float()[None]
+                    y = F.interpolate(y[None], size=[max(1, round(n * ratio)) for n in y.shape[-2:]], mode="area")[0]
+                    return y if x.dim() == 3 else y[0]
+
+                valid = None if moving_valid is None else resample(moving_valid[i])
+                return cls(resample(fixed_pyramid[i]), resample(fixed_masks[i]) > 0.5, resample(moving_pyramid[i]),
+                           valid, tuple(fixed_hw), tuple(moving_hw), float(scale))
         i = next((k for k, img in enumerate(fixed_pyramid) if max(img.shape[-2:]) <= size), len(fixed_pyramid) - 1)
         i = min(i, len(moving_pyramid) - 1)
         factor = max(1, int(math.ceil(max(fixed_pyramid[i].shape[-2:]) / size)))

@@ -244,6 +244,7 @@ def global_search(
     scale_range: Sequence[float] = (0.5, 2.0),
     scale_steps: int = 5,
     keep: Sequence[int] = (8, 4),
+    exact_levels: bool = False,
 ) -> List[Candidate]:
     """Coarse-to-fine search for the initial similarity transform (see the module's docstring).
 
@@ -256,6 +257,9 @@ def global_search(
         angle_step_deg, scale_range, scale_steps: the grid of stage 1.
         keep: how many candidates of each level of stage 1 go on to the refinement, and how many of those from its
             first level to the next (besides the seeds and each level's best, which go on to the end).
+        exact_levels: score on levels of exactly 128, 64 and 32 px (``Level.from_pyramids(exact=True)``) instead of
+            the pyramid's levels at or below those sizes; the second opinion on a suspect registration
+            (``model.second_opinion``) searches so.
 
     Returns:
         The refined candidates, best first by symmetric (centred) NGF on the ~128 px level.
@@ -277,7 +281,7 @@ def global_search(
     def level(size: int) -> Level:  # made once per size: the refinement reuses stage 1's levels and what they cache
         if size not in levels:
             levels[size] = Level.from_pyramids(fixed_pyramid, fixed_masks, moving_pyramid, moving_valid, fixed_hw,
-                                               moving_hw, scale, size)
+                                               moving_hw, scale, size, exact=exact_levels)
         return levels[size]
 
     # Stage 1, finest level first, so that a coarser level's near-duplicate of a candidate is dropped, not the

@@ -100,7 +100,7 @@ def fit_batches(cfg: DictConfig, pairs: Sequence[PairSpec], batch_size: int,
 
 
 def _prepare(cfg: DictConfig, spec: PairSpec):
-    """One pair read and prepared: (PreparedPair, its judge level, its config)."""
+    """One pair read and prepared: (PreparedPair, its judge level, its config, the spec)."""
     from ..core.quality import judge_level
     from ..io.rundir import check_writable_dir, remove_stale_result
     from .prepare import prepare_pair
@@ -116,12 +116,13 @@ def _prepare(cfg: DictConfig, spec: PairSpec):
                         init_matrix=m.init_matrix)
     if spec.output_dir is not None:
         remove_stale_result(spec.output_dir)
-    return pair, judge_level(pair), own_cfg
+    return pair, judge_level(pair), own_cfg, spec
 
 
 def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> List[Union[object, Exception]]:
-    """The batch's shared optimisation, then each pair's :func:`~drmime_pl.training.fit.finish`."""
-    from .fit import finish
+    """The batch's shared optimisation, then each pair's :func:`~drmime_pl.training.fit.finish`, a second opinion
+    for the suspect ones (:func:`~drmime_pl.training.fit.second_opinion`, one after the other), and their files."""
+    from .fit import finish, second_opinion, wants_second_opinion, write_result
 
     results = list(prepared)
     ready = [i for i, r in enumerate(results) if not isinstance(r, Exception)]  # the pairs that go on
@@ -144,16 +145,42 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
     share = seconds / len(ready)
 
     def finish_one(n: int):
-        pair, judge, own_cfg = results[ready[n]]
+        pair, judge, own_cfg, _ = results[ready[n]]
         if n in stopping.failed:
             raise RegistrationError(stopping.failed[n])
         steps = stopping.stopped_at[n] if stopping.stopped_at[n] is not None else steps_done
         mi_per_level = [float(v) for v in mi_ema[n][valid[n]]]
-        out_dir = Path(own_cfg.output.dir) if own_cfg.output.dir else None
         return finish(own_cfg, pair, judge, matrices[n], coefficients[n], mi_per_level, steps, share,
-                      bool(stopping.converged[n]), started, out_dir)
+                      bool(stopping.converged[n]), started, None), pair
 
-    for i, result in zip(ready, _each(finish_one, range(len(ready)), workers)):
+    finished = dict(zip(ready, _each(finish_one, range(len(ready)), workers)))
+    for i, done in finished.items():
+        if isinstance(done, Exception):
+            continue
+        result, pair = done
+        own_cfg, spec = results[i][2], results[i][3]
+        if wants_second_opinion(own_cfg, result):
+            try:
+                finished[i] = second_opinion(own_cfg, result, spec.fixed, spec.moving, spec.fixed_mask, device_index,
+                                             started)
+            except RegistrationInterrupted:
+                raise
+            except Exception:  # noqa: BLE001 - the first opinion stands
+                pass
+
+    def write_one(i: int):
+        done = finished[i]
+        if isinstance(done, Exception):
+            raise done
+        result, pair = done
+        own_cfg = results[i][2]
+        if own_cfg.output.dir:
+            write_result(own_cfg, result, pair, own_cfg.output.dir, started)
+        else:
+            result.wall_seconds = time.perf_counter() - started
+        return result
+
+    for i, result in zip(ready, _each(write_one, ready, workers)):
         results[i] = result
     return results
 

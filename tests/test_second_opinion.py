@@ -1,0 +1,57 @@
+"""A suspect registration gets a second opinion (``model.second_opinion``, :func:`drmime_pl.training.fit.second_opinion`):
+the pair is registered again from a search on levels of exactly its sizes, the result that stands out more is kept,
+and only that one is written."""
+import json
+import math
+from types import SimpleNamespace
+
+import drmime_pl
+from drmime_pl.training.fit import better_opinion
+
+from .conftest import SAMPLES
+
+QUICK = ["fit.max_steps=60", "fit.min_steps=30", "logging.progress_bar=false"]
+
+
+def _opinion(z, seconds=1.0):
+    return SimpleNamespace(quality={"z": z, "suspect": True}, seconds=seconds, checkpoint="first.ckpt")
+
+
+def test_the_opinion_that_stands_out_more_is_kept_and_both_are_recorded():
+    first, second = _opinion(2.0, 3.0), _opinion(3.5, 4.0)
+    kept = better_opinion(first, second)
+    assert kept is second
+    assert kept.quality["second_opinion"] == {"z_first": 2.0, "z_second": 3.5, "kept": "second"}
+    assert kept.seconds == 7.0  # both optimisations
+    assert kept.checkpoint is None  # the checkpoint is the first registration's
+
+    first, second = _opinion(2.0), _opinion(float("nan"))  # a z that could not be computed never wins
+    assert better_opinion(first, second) is first
+    assert first.quality["second_opinion"]["kept"] == "first" and first.checkpoint == "first.ckpt"
+    first, second = _opinion(None), _opinion(-1.0)
+    assert better_opinion(first, second) is second
+
+
+def test_a_suspect_registration_is_registered_again_and_only_the_kept_result_is_written(tmp_path):
+    # Two shipped photographs of different tissue: the verdict finds any result suspect.
+    fixed = str(SAMPLES / "birl" / "images" / "artificial_reference.jpg")
+    moving = str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg")
+    out = tmp_path / "out"
+    reg = drmime_pl.register(fixed, moving, overrides=QUICK, output_dir=str(out), log=True)
+    opinion = reg.quality["second_opinion"]
+    assert reg.quality["suspect"] is True
+    z_first, z_second = (v if v is not None else -math.inf for v in (opinion["z_first"], opinion["z_second"]))
+    assert opinion["kept"] == ("second" if z_second > z_first else "first")
+    assert reg.quality["z"] == (opinion["z_second"] if opinion["kept"] == "second" else opinion["z_first"])
+    written = json.loads((out / "transform.json").read_text())
+    assert written["quality"] == json.loads(json.dumps(reg.quality))
+    assert written["matrix"] == reg.matrix.tolist()
+    # the second registration writes no TensorBoard run of its own
+    assert [p.name for p in (out / "logs" / "drmime").iterdir()] == ["version_0"]
+
+
+def test_second_opinion_false_keeps_the_first(tmp_path):
+    fixed = str(SAMPLES / "birl" / "images" / "artificial_reference.jpg")
+    moving = str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg")
+    reg = drmime_pl.register(fixed, moving, overrides=QUICK + ["model.second_opinion=false"])
+    assert reg.quality["suspect"] is True and "second_opinion" not in reg.quality
