@@ -55,3 +55,22 @@ def test_second_opinion_false_keeps_the_first(tmp_path):
     moving = str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg")
     reg = drmime_pl.register(fixed, moving, overrides=QUICK + ["model.second_opinion=false"])
     assert reg.quality["suspect"] is True and "second_opinion" not in reg.quality
+
+
+def test_a_batch_asks_a_second_opinion_for_its_suspect_pair_only(tmp_path):
+    from .conftest import write_shifted_pair
+
+    folder = tmp_path / "good"
+    folder.mkdir()
+    good = write_shifted_pair(folder, seed=11, dx=2.6, dy=-1.8)
+    unrelated = (str(SAMPLES / "birl" / "images" / "artificial_reference.jpg"),
+                 str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg"))
+    outs = [tmp_path / "out_good", tmp_path / "out_unrelated"]
+    many = drmime_pl.register_many([good, unrelated], output_dirs=outs, batch_size=2, overrides=QUICK)
+    assert not many[0].quality["suspect"] and "second_opinion" not in many[0].quality
+    assert abs(many[0].matrix[0, 2] - 2.6) < 0.3 and abs(many[0].matrix[1, 2] + 1.8) < 0.3
+    assert many[1].quality["suspect"] and many[1].quality["second_opinion"]["kept"] in ("first", "second")
+    for result, out in zip(many, outs):
+        written = json.loads((out / "transform.json").read_text())
+        assert written["matrix"] == result.matrix.tolist() and written["quality"] == json.loads(
+            json.dumps(result.quality))
