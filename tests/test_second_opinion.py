@@ -74,3 +74,19 @@ def test_a_batch_asks_a_second_opinion_for_its_suspect_pair_only(tmp_path):
         written = json.loads((out / "transform.json").read_text())
         assert written["matrix"] == result.matrix.tolist() and written["quality"] == json.loads(
             json.dumps(result.quality))
+
+
+def test_a_failed_second_registration_leaves_the_first_result(monkeypatch):
+    import drmime_pl.training.fit as fit_module
+    from drmime_pl.config import load_config
+    from drmime_pl.errors import RegistrationError
+
+    def degenerate(*args, **kwargs):
+        raise RegistrationError("registration failed after 60 steps: the transform folds the image")
+
+    monkeypatch.setattr(fit_module, "_register_once", degenerate)
+    first = _opinion(2.0)
+    kept = fit_module.second_opinion(load_config(None), first, "f.png", "m.png", None, None, 0.0)
+    assert kept is first and kept.checkpoint == "first.ckpt"
+    assert kept.quality["second_opinion"]["kept"] == "first"
+    assert "folds the image" in kept.quality["second_opinion"]["error"]

@@ -79,8 +79,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     started = time.perf_counter()  # wall_seconds: the whole call, up to just before transform.json is written
     result, pair, out_dir, plain = _register_once(cfg, fixed, moving, fixed_mask, callbacks, device_index, started)
     if wants_second_opinion(cfg, result):
-        pair = None  # the second registration loads the images again: do not hold two copies
-        result, pair = second_opinion(cfg, result, fixed, moving, fixed_mask, device_index, started)
+        result = second_opinion(cfg, result, fixed, moving, fixed_mask, device_index, started)
     if out_dir is not None:
         write_result(cfg, result, pair, out_dir, started)
     else:
@@ -105,8 +104,8 @@ def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_ind
     """Register the pair again, its global search on levels of exactly 128, 64 and 32 px instead of the pyramid's
     levels at or below those sizes (which halving leaves anywhere from half the size up), and keep whichever
     result stands out more from misaligned copies (the verdict's ``z``). The second registration writes no logs,
-    checkpoints or files. Returns ``(kept result, the second registration's PreparedPair)``: its loaded images are
-    what the result files are made from.
+    checkpoints or files; when it fails, the first result stands (``quality.second_opinion.error`` says why).
+    Returns the kept result.
 
     Why: the search's finest levels decide which candidates the optimisation starts from, and different levels
     find different ones; the verdict tells which result to trust. On the 202 real benchmark pairs (62 flagged): 7
@@ -124,9 +123,16 @@ def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_ind
         z = first.quality.get("z")
         print(f"suspect result (z {'n/a' if z is None else f'{z:.1f}'}): registering again from a second search",
               file=sys.stderr, flush=True)
-    second, pair, _, _ = _register_once(second_cfg, fixed, moving, fixed_mask, (), device_index, started,
-                                        search_exact_levels=True)
-    return better_opinion(first, second), pair
+    try:
+        second, _, _, _ = _register_once(second_cfg, fixed, moving, fixed_mask, (), device_index, started,
+                                         search_exact_levels=True)
+    except RegistrationInterrupted:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. a degenerate second result: the first opinion stands
+        first.quality = dict(first.quality, second_opinion={"z_first": first.quality.get("z"), "z_second": None,
+                                                            "kept": "first", "error": str(exc)[:200]})
+        return first
+    return better_opinion(first, second)
 
 
 def better_opinion(first, second):

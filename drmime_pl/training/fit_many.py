@@ -160,13 +160,8 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
         result, pair = done
         own_cfg, spec = results[i][2], results[i][3]
         if wants_second_opinion(own_cfg, result):
-            try:
-                finished[i] = second_opinion(own_cfg, result, spec.fixed, spec.moving, spec.fixed_mask, device_index,
-                                             started)
-            except RegistrationInterrupted:
-                raise
-            except Exception:  # noqa: BLE001 - the first opinion stands
-                pass
+            finished[i] = (second_opinion(own_cfg, result, spec.fixed, spec.moving, spec.fixed_mask, device_index,
+                                          started), pair)
 
     def write_one(i: int):
         done = finished[i]
