@@ -7,8 +7,8 @@
 It is what ``compare.py --methods drmime --groups real-jiang,real-srif`` measures, but through the files (as a user
 runs it: EXIF, palette and channel handling included) with one torch thread per process, ``--jobs`` processes at
 once. Its ``pairs.csv`` has compare.py's columns (method ``drmime``) plus the verdict (``suspect``, ``z``,
-``chosen``, and which result a ``second_opinion`` kept), so ``compare.py --summarise`` puts it beside the peers, and it prints the success rate per category
-and how well the ``suspect`` flag predicts failure. The real sets carry no licence: they are read where they lie.
+``chosen``, and which result a ``second_opinion`` kept), so ``compare.py --summarise`` puts it beside the peers, and
+it prints the success rate per category and how well the ``suspect`` flag predicts failure. The real sets carry no licence: they are read where they lie.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""A suspect registration gets a second opinion (``model.second_opinion``, :func:`drmime_pl.training.fit.second_opinion`):
-the pair is registered again from a search on levels of exactly its sizes, the result that stands out more is kept,
-and only that one is written."""
+"""A suspect registration gets a second opinion (``model.second_opinion``,
+:func:`drmime_pl.training.fit.second_opinion`): the pair is registered again from a search on levels of exactly its
+sizes, the result that stands out more is kept, and only that one is written."""
 import json
 import math
 from types import SimpleNamespace
