@@ -58,7 +58,7 @@ def test_unrelated_images_are_flagged():
     # shifted copies although nothing matches; see drmime_pl/quality.py.)
     reg = drmime_pl.register(str(SAMPLES / "birl" / "images" / "artificial_reference.jpg"),
                              str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg"),
-                             overrides=FAST)
+                             overrides=FAST + ["model.second_opinion=false"])  # (test_second_opinion.py)
     assert reg.quality["suspect"] is True, reg.quality
     assert reg.quality["reason"]
 

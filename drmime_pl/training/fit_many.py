@@ -65,7 +65,8 @@ def fit_batches(cfg: DictConfig, pairs: Sequence[PairSpec], batch_size: int,
     """Register ``pairs`` in batches of ``batch_size``, yielding each batch's results (in order) as it finishes.
 
     Per batch: the pairs are prepared (read, checked, pyramids, masks, initial search) on ``fit.workers`` threads,
-    optimised together in one loop, then judged, polished and written on the workers again. The next batch is
+    optimised together in one loop, then judged and polished on the workers again; the suspect ones get their second
+    opinion one after the other (``model.second_opinion``), and each pair's kept result is written. The next batch is
     prepared in the background while this one is optimised, so on a CPU both stages keep a core busy. With more
     than one worker every torch operation runs single-threaded (one core per worker; ``fit.threads`` is not used);
     with ``fit.workers=1``, ``fit.threads`` sets torch's threads as for one pair.
