@@ -123,6 +123,17 @@ def misaligned(matrix: torch.Tensor, fixed_hw, scale: float) -> torch.Tensor:
     return torch.stack(out)
 
 
+def stand_out(level: Level, matrix: torch.Tensor, value: float, score=symmetric_ngf) -> float:
+    """How far ``value``, the ``score`` of the ``3 x 3`` ``matrix``, stands above the scores of its
+    :func:`misaligned` copies, in their standard deviations (the verdict's ``z``); NaN when fewer than 4 copies
+    overlap enough to be scored."""
+    others = score(level, misaligned(matrix, level.fixed_hw, level.scale))
+    others = others[torch.isfinite(others)]
+    if others.numel() < 4:
+        return float("nan")
+    return (value - float(others.mean())) / max(float(others.std()), 1e-6)
+
+
 def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[torch.Tensor],
                      force_optimised: bool = False, model: Optional[str] = None):
     """Pick the best of the optimised, initial and identity transforms and judge it.
@@ -165,12 +176,7 @@ def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[to
         if not winner_is_identity:
             chosen = identity if model is None else polish(level, identity, model)
             value = float(symmetric_ngf(level, chosen[None])[0])
-    others = symmetric_ngf(level, misaligned(chosen, level.fixed_hw, level.scale))
-    others = others[torch.isfinite(others)]
-    if others.numel() >= 4:
-        z = (value - float(others.mean())) / max(float(others.std()), 1e-6)
-    else:
-        z = float("nan")
+    z = stand_out(level, chosen, value)
     reasons = []
     if not math.isfinite(value):
         reasons.append("the result overlaps too little of the moving image")

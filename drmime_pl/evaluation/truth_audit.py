@@ -24,7 +24,7 @@ import torch
 
 from ..core.histogram_mi import symmetric_histogram_mi
 from ..core.ngf import Level, symmetric_ngf
-from ..core.quality import misaligned
+from ..core.quality import stand_out
 
 #: z at or above which an alignment stands out (the verdict's own threshold, drmime_pl.core.quality.SUSPECT_Z).
 STANDS_OUT = 2.0
@@ -41,18 +41,13 @@ def landmark_affine(fixed_points: np.ndarray, moving_points: np.ndarray) -> np.n
 
 def truth_support(level: Level, matrices: torch.Tensor) -> List[Tuple[float, float]]:
     """For each ``moving_norm_trans_fixed_norm`` matrix (``N x 3 x 3``), how far it stands out from its 18
-    misaligned copies (:func:`drmime_pl.core.quality.misaligned`) on edges and on intensities:
-    ``[(ngf_z, mi_z)] * N``, NaN where too few copies overlap the images."""
+    misaligned copies (:func:`drmime_pl.core.quality.stand_out`, the verdict's ``z``) on edges and on intensities:
+    ``[(ngf_z, mi_z)] * N``, NaN where the matrix or too few copies overlap the images enough to be scored."""
     out = []
     for matrix in matrices.double():
-        both = torch.cat([matrix[None], misaligned(matrix, level.fixed_hw, level.scale)])
         row = []
         for score in (symmetric_ngf, symmetric_histogram_mi):
-            values = score(level, both).double()
-            value, others = float(values[0]), values[1:][torch.isfinite(values[1:])]
-            if others.numel() < 4 or not math.isfinite(value):
-                row.append(float("nan"))
-            else:
-                row.append((value - float(others.mean())) / max(float(others.std()), 1e-9))
+            value = float(score(level, matrix[None])[0])
+            row.append(stand_out(level, matrix, value, score) if math.isfinite(value) else float("nan"))
         out.append((row[0], row[1]))
     return out
