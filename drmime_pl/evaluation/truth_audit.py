@@ -26,7 +26,8 @@ from ..core.histogram_mi import symmetric_histogram_mi
 from ..core.ngf import Level, symmetric_ngf
 from ..core.quality import stand_out
 
-#: z at or above which an alignment stands out (the verdict's own threshold, drmime_pl.core.quality.SUSPECT_Z).
+#: z at or above which the images support a transform at all. Lower than the verdict's SUSPECT_Z (4.5), which asks
+#: whether a registration can be trusted: here a weak but real alignment (blurred SPECT) must still count.
 STANDS_OUT = 2.0
 
 
