@@ -280,7 +280,7 @@ def _register_once(cfg: DictConfig, fixed, moving, fixed_mask, callbacks, device
     del trainer, module, datamodule, sampler
     out_dir = Path(cfg.output.dir) if cfg.output.dir else run_dir
     result = finish(cfg, pair, judge, optimised, coefficients, mi_per_level, steps, seconds, convergence.converged,
-                    started, None, checkpoint=str(last_ckpt) if last_ckpt else None)
+                    started, checkpoint=str(last_ckpt) if last_ckpt else None)
     return result, pair, out_dir, plain
 
 
@@ -307,9 +307,10 @@ def schedule_settings(cfg: DictConfig) -> dict:
 
 
 def finish(cfg: DictConfig, pair, judge, optimised: torch.Tensor, coefficients: torch.Tensor, mi_per_level,
-           steps: int, seconds: float, converged: bool, started: float, out_dir, checkpoint=None):
+           steps: int, seconds: float, converged: bool, started: float, checkpoint=None):
     """After the optimisation of one pair: keep the best candidate and polish it (``model.keep_best``,
-    ``model.polish``), refuse a degenerate result, and write the result files into ``out_dir`` (None: none).
+    ``model.polish``) and refuse a degenerate result. Its files are written later (:func:`write_result`), once a
+    second opinion (:func:`second_opinion`) has had its say.
 
     Args:
         pair: the :class:`~drmime_pl.training.prepare.PreparedPair` (its pyramids are released here).
@@ -348,10 +349,7 @@ def finish(cfg: DictConfig, pair, judge, optimised: torch.Tensor, coefficients: 
         quality=verdict.to_json(),
     )
     pair.fixed_pyramid = pair.moving_pyramid = None
-    if out_dir is not None:
-        write_result(cfg, result, pair, out_dir, started)
-    if result.wall_seconds is None:  # no files written (the quiet Python API)
-        result.wall_seconds = time.perf_counter() - started
+    result.wall_seconds = time.perf_counter() - started  # write_result sets it again when it writes the files
     return result
 
 

@@ -152,7 +152,7 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
         steps = stopping.stopped_at[n] if stopping.stopped_at[n] is not None else steps_done
         mi_per_level = [float(v) for v in mi_ema[n][valid[n]]]
         return finish(own_cfg, pair, judge, matrices[n], coefficients[n], mi_per_level, steps, share,
-                      bool(stopping.converged[n]), started, None), pair
+                      bool(stopping.converged[n]), started), pair
 
     finished = dict(zip(ready, _each(finish_one, range(len(ready)), workers)))
     for i, done in finished.items():
