@@ -182,24 +182,21 @@ class Level:
             i = max([0] + [k for k, img in enumerate(fixed_pyramid) if max(img.shape[-2:]) >= size])
             i = min(i, len(moving_pyramid) - 1)
             ratio = size / max(fixed_pyramid[i].shape[-2:])
-            if ratio < 1:
-                def resample(x: torch.Tensor) -> torch.Tensor:
-                    y = x.float() if x.dim() == 3 else x.float()[None]
-                    y = F.interpolate(y[None], size=[max(1, round(n * ratio)) for n in y.shape[-2:]], mode="area")[0]
-                    return y if x.dim() == 3 else y[0]
 
-                valid = None if moving_valid is None else resample(moving_valid[i])
-                return cls(resample(fixed_pyramid[i]), resample(fixed_masks[i]) > 0.5, resample(moving_pyramid[i]),
-                           valid, tuple(fixed_hw), tuple(moving_hw), float(scale))
-        i = next((k for k, img in enumerate(fixed_pyramid) if max(img.shape[-2:]) <= size), len(fixed_pyramid) - 1)
-        i = min(i, len(moving_pyramid) - 1)
-        factor = max(1, int(math.ceil(max(fixed_pyramid[i].shape[-2:]) / size)))
+            def resize(y: torch.Tensor) -> torch.Tensor:  # C x h x w
+                out_hw = [max(1, round(n * ratio)) for n in y.shape[-2:]]
+                return F.interpolate(y[None], size=out_hw, mode="area")[0] if ratio < 1 else y
+        else:
+            i = next((k for k, img in enumerate(fixed_pyramid) if max(img.shape[-2:]) <= size),
+                     len(fixed_pyramid) - 1)
+            i = min(i, len(moving_pyramid) - 1)
+            factor = max(1, int(math.ceil(max(fixed_pyramid[i].shape[-2:]) / size)))
 
-        def shrink(x: torch.Tensor) -> torch.Tensor:
-            if factor == 1:
-                return x.float()
-            y = x.float() if x.dim() == 3 else x.float()[None]
-            y = F.avg_pool2d(y[None], factor, ceil_mode=True)[0]
+            def resize(y: torch.Tensor) -> torch.Tensor:  # C x h x w
+                return F.avg_pool2d(y[None], factor, ceil_mode=True)[0] if factor > 1 else y
+
+        def shrink(x: torch.Tensor) -> torch.Tensor:  # a level (C x h x w) or a mask (h x w), as float
+            y = resize(x.float() if x.dim() == 3 else x.float()[None])
             return y if x.dim() == 3 else y[0]
 
         valid = None if moving_valid is None else shrink(moving_valid[i])
