@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fnmatch
 import json
 import statistics
 import sys
@@ -27,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from real_drmime import REAL, pairs  # noqa: E402  (the same pair list and --only patterns)
 
 
 def main(argv=None) -> int:
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     from drmime_pl.config import load_config
     from drmime_pl.core.geometry import normalised_matrix_from_pixel
     from drmime_pl.core.quality import judge_level
-    from drmime_pl.evaluation.datasets import read_pairs_csv, read_points
+    from drmime_pl.evaluation.datasets import read_points
     from drmime_pl.evaluation.truth_audit import STANDS_OUT, landmark_affine, truth_support
     from drmime_pl.training.prepare import prepare_pair
 
@@ -57,31 +58,28 @@ def main(argv=None) -> int:
                 results[row["pair"]] = (np.array(json.loads(row["matrix"])), float(row["rtre"]))
     cfg = load_config(None)
     rows = []
-    for name in args.sets.split(","):
-        for pair in read_pairs_csv(Path(args.real) / name / "pairs.csv"):
-            if args.only and not any(fnmatch.fnmatchcase(pair.name, g) for g in args.only.split(",")):
-                continue
-            key = f"{name}-{pair.name}"
-            truth = landmark_affine(*read_points(pair))
-            prepared = prepare_pair(str(pair.fixed_image), str(pair.moving_image), cfg.data, init="identity",
-                                    model="affine")
-            level = judge_level(prepared)
+    for name, pair in pairs(Path(args.real), args.sets.split(","), args.only):
+        key = f"{name}-{pair.name}"
+        truth = landmark_affine(*read_points(pair))
+        prepared = prepare_pair(str(pair.fixed_image), str(pair.moving_image), cfg.data, init="identity",
+                                model="affine")
+        level = judge_level(prepared)
 
-            def normalised(m):
-                return normalised_matrix_from_pixel(torch.as_tensor(m, dtype=torch.float64), prepared.fixed_hw,
-                                                    prepared.moving_hw, prepared.scale)
+        def normalised(m):
+            return normalised_matrix_from_pixel(torch.as_tensor(m, dtype=torch.float64), prepared.fixed_hw,
+                                                prepared.moving_hw, prepared.scale)
 
-            matrices = [normalised(truth)]
-            if key in results:
-                matrices.append(normalised(results[key][0]))
-            z = truth_support(level, torch.stack(matrices))
-            row = {"set": name, "pair": key, "category": pair.group, "truth_ngf_z": z[0][0], "truth_mi_z": z[0][1]}
-            if key in results:
-                row.update(method_rtre=results[key][1], method_ngf_z=z[1][0], method_mi_z=z[1][1])
-            rows.append(row)
-            extra = (f"  {args.method}: rTRE {100 * row['method_rtre']:6.2f}%  NGF z {row['method_ngf_z']:5.1f}  "
-                     f"MI z {row['method_mi_z']:5.1f}") if key in results else ""
-            print(f"{key:34s} truth: NGF z {z[0][0]:5.1f}  MI z {z[0][1]:5.1f}{extra}", flush=True)
+        matrices = [normalised(truth)]
+        if key in results:
+            matrices.append(normalised(results[key][0]))
+        z = truth_support(level, torch.stack(matrices))
+        row = {"set": name, "pair": key, "category": pair.group, "truth_ngf_z": z[0][0], "truth_mi_z": z[0][1]}
+        if key in results:
+            row.update(method_rtre=results[key][1], method_ngf_z=z[1][0], method_mi_z=z[1][1])
+        rows.append(row)
+        extra = (f"  {args.method}: rTRE {100 * row['method_rtre']:6.2f}%  NGF z {row['method_ngf_z']:5.1f}  "
+                 f"MI z {row['method_mi_z']:5.1f}") if key in results else ""
+        print(f"{key:34s} truth: NGF z {z[0][0]:5.1f}  MI z {z[0][1]:5.1f}{extra}", flush=True)
 
     print("\n| set | category | n | truth stands out on edges (NGF z >= 2) | on intensities (MI z >= 2) | "
           "on either | median NGF z | median MI z |")
