@@ -11,6 +11,9 @@ from drmime_pl.training.fit import better_opinion
 from .conftest import SAMPLES
 
 QUICK = ["fit.max_steps=60", "fit.min_steps=30", "logging.progress_bar=false"]
+#: Two shipped photographs of different tissue: the verdict finds any result suspect.
+UNRELATED = (str(SAMPLES / "birl" / "images" / "artificial_reference.jpg"),
+             str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg"))
 
 
 def _opinion(z, seconds=1.0):
@@ -33,11 +36,8 @@ def test_the_opinion_that_stands_out_more_is_kept_and_both_are_recorded():
 
 
 def test_a_suspect_registration_is_registered_again_and_only_the_kept_result_is_written(tmp_path):
-    # Two shipped photographs of different tissue: the verdict finds any result suspect.
-    fixed = str(SAMPLES / "birl" / "images" / "artificial_reference.jpg")
-    moving = str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg")
     out = tmp_path / "out"
-    reg = drmime_pl.register(fixed, moving, overrides=QUICK, output_dir=str(out), log=True)
+    reg = drmime_pl.register(*UNRELATED, overrides=QUICK, output_dir=str(out), log=True)
     opinion = reg.quality["second_opinion"]
     assert reg.quality["suspect"] is True
     z_first, z_second = (v if v is not None else -math.inf for v in (opinion["z_first"], opinion["z_second"]))
@@ -51,9 +51,7 @@ def test_a_suspect_registration_is_registered_again_and_only_the_kept_result_is_
 
 
 def test_second_opinion_false_keeps_the_first(tmp_path):
-    fixed = str(SAMPLES / "birl" / "images" / "artificial_reference.jpg")
-    moving = str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg")
-    reg = drmime_pl.register(fixed, moving, overrides=QUICK + ["model.second_opinion=false"])
+    reg = drmime_pl.register(*UNRELATED, overrides=QUICK + ["model.second_opinion=false"])
     assert reg.quality["suspect"] is True and "second_opinion" not in reg.quality
 
 
@@ -63,10 +61,8 @@ def test_a_batch_asks_a_second_opinion_for_its_suspect_pair_only(tmp_path):
     folder = tmp_path / "good"
     folder.mkdir()
     good = write_shifted_pair(folder, seed=11, dx=2.6, dy=-1.8)
-    unrelated = (str(SAMPLES / "birl" / "images" / "artificial_reference.jpg"),
-                 str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg"))
     outs = [tmp_path / "out_good", tmp_path / "out_unrelated"]
-    many = drmime_pl.register_many([good, unrelated], output_dirs=outs, batch_size=2, overrides=QUICK)
+    many = drmime_pl.register_many([good, UNRELATED], output_dirs=outs, batch_size=2, overrides=QUICK)
     assert not many[0].quality["suspect"] and "second_opinion" not in many[0].quality
     assert abs(many[0].matrix[0, 2] - 2.6) < 0.3 and abs(many[0].matrix[1, 2] + 1.8) < 0.3
     assert many[1].quality["suspect"] and many[1].quality["second_opinion"]["kept"] in ("first", "second")
