@@ -169,16 +169,57 @@ def test_padding_to_the_fft_size_changes_no_candidate(monkeypatch):
 
 
 
-def test_between_angles_are_half_a_step_off_the_best_fifth_only():
-    from drmime_pl.core.search import Candidate, _between_angles
+def test_between_angles_are_half_a_step_off_the_best_fraction_only():
+    from drmime_pl.core.search import BETWEEN_FRACTION, Candidate, _between_angles
 
     step = math.radians(7.5)
     found = [Candidate(k * step, 1.0, torch.zeros(2, dtype=torch.float64), float(k)) for k in range(48)]
     found += [Candidate(0.0, 2.0, torch.zeros(2, dtype=torch.float64), 100.0)]  # the best one, at angle 0
     angles, scales = _between_angles(found, step)
     got = sorted((round(math.degrees(a), 6), s) for a, s in zip(angles.tolist(), scales.tolist()))
-    # the best 10 of 49: angle 0 at scale 2, then angles 47..39 steps at scale 1; each +-3.75 degrees, wrapped
+    # the best n of 49: angle 0 at scale 2, then angles 47, 46, ... steps at scale 1; each +-3.75 degrees, wrapped
+    n = round(BETWEEN_FRACTION * 49)
+    assert 5 <= n < 49
     want = sorted([(3.75, 2.0), (356.25, 2.0)] + [(round(k * 7.5 + side * 3.75, 6), 1.0)
-                                                     for k in range(39, 48) for side in (-1, 1)])
+                                                     for k in range(48 - (n - 1), 48) for side in (-1, 1)])
     want = sorted(set((a % 360, s) for a, s in want))
     assert got == want
+
+
+def _candidate(angle_deg: float, scale: float = 1.0, score: float = 0.0):
+    from drmime_pl.core.search import Candidate
+
+    return Candidate(math.radians(angle_deg), scale, torch.zeros(2, dtype=torch.float64), score)
+
+
+def test_the_best_go_on_to_the_end_and_near_duplicates_are_dropped():
+    """_add_best_distinct: the best ``go_on`` distinct candidates go to ``always`` (past the coarser levels'
+    ranking), the rest of the best ``count`` to ``starts``; a near-duplicate of one already taken is dropped."""
+    from drmime_pl.core.search import _add_best_distinct
+
+    step, log_ratio = math.radians(7.5), math.log(2.0) / 2
+    found = [_candidate(a, score=s) for a, s in ((0, 9), (30, 8), (60, 7), (90, 6), (120, 5), (3, 4))]
+    starts, always = [], []
+    _add_best_distinct(found, starts, always, count=4, angle_step=step, log_ratio=log_ratio, go_on=3)
+    assert [round(math.degrees(c.angle)) for c in always] == [0, 30, 60]
+    assert [round(math.degrees(c.angle)) for c in starts] == [90]
+    # A second level's candidates: its best, 1 degree off one taken already, is dropped; its second is kept.
+    _add_best_distinct([_candidate(31, score=20), _candidate(200, score=10)], starts, always, count=4,
+                       angle_step=step, log_ratio=log_ratio)
+    assert [round(math.degrees(c.angle)) for c in always] == [0, 30, 60]
+    assert [round(math.degrees(c.angle)) for c in starts] == [90, 200]
+
+
+def test_the_between_pass_best_goes_on_even_next_to_a_coarser_copy():
+    """The finest level's pass between the grid's angles resolves a candidate that a coarser level may have taken
+    already, a few degrees off: its best goes on all the same (the SRIF optical/infrared pair it gained had its
+    truth 1.25 degrees from it and 5 degrees from the coarser copy); its others are still dropped as duplicates."""
+    from drmime_pl.core.search import _add_best_distinct
+
+    step, log_ratio = math.radians(7.5), math.log(2.0) / 2
+    starts, always = [_candidate(330.0, scale=0.71)], []
+    between = [_candidate(333.75, score=9.0), _candidate(326.25, score=5.0), _candidate(116.25, score=5.8)]
+    _add_best_distinct(between, starts, always, count=8, angle_step=step, log_ratio=log_ratio,
+                       best_even_if_near=True)
+    assert [round(math.degrees(c.angle), 2) for c in always] == [333.75]
+    assert [round(math.degrees(c.angle), 2) for c in starts] == [330.0, 116.25]

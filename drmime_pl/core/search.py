@@ -14,10 +14,11 @@ normalised gradient fields (:mod:`drmime_pl.core.ngf`), which need no training.
    and infrared, depth or night images) only the co-variation of edge directions marks the truth. Each level
    contributes its best candidates: the finer ones resolve angles to a few degrees, which cross-modal pairs need,
    the 32 px one (also with plain, uncentred NGF, as before) tolerates the scale grid's coarseness.
-   Last, the finest level again at the angles half a step between the grid's, next to its best fifth of
+   Last, the finest level again at the angles half a step between the grid's, next to its best 30% of
    candidates: a truth between two grid angles may not stand out on the grid itself.
 2. The best few of each level (and the ``seeds``: identity, the moments estimate) are refined by compass search
-   on ~64 and ~128 px levels and ranked by centred NGF taken both ways.
+   on ~64 and ~128 px levels and ranked by centred NGF taken both ways. Only the best 4 of the ~64 px refinement
+   go on to the ~128 px one, besides each level's best, the finest level's best three and the seeds.
 
 Convention: matrices are ``moving_norm_trans_fixed_norm`` (normalised frames of :mod:`drmime_pl.core.geometry`),
 float64 ``3 x 3``; angles in radians, x towards y.
@@ -38,11 +39,16 @@ from .ngf import (Level, fft_size, gradient_features, half_extent, ngf, ngf_all_
 #: its own best candidates: finer levels resolve detail that lines up only within a few degrees; the coarsest
 #: tolerates a scale between the grid's steps.
 SHIFT_STAGES = ((128, True), (64, True), (32, True), (32, False))
-#: After them, the finest level again, half a grid step off the angles of its best fifth of candidates: its detail
-#: lines up only within a few degrees, and a truth between two grid angles ranked behind 20 distinct wrong
-#: candidates on the grid on two SRIF depth pairs (on the 202 real pairs: those two more successes, none lost;
-#: benchmarks/RESULTS.md, eighth round).
-BETWEEN_FRACTION = 0.2
+#: How many of the finest level's best distinct candidates go on to the end of the refinement, past the coarser
+#: levels' ranking (each other level's best one does). Fine texture (a city seen in optical and infrared) stands out
+#: only at ~128 px: on one SRIF optical/infrared pair the truth ranked second there, and the ~64 px refinement,
+#: where it does not stand out, dropped it (tenth round, benchmarks/RESULTS.md).
+ALWAYS_FROM_FINEST = 3
+#: After them, the finest level again, half a grid step off the angles of its best 30% of candidates: its detail
+#: lines up only within a few degrees (on one SRIF optical/infrared pair, z 13 at the true angle, 9 at 1.25 degrees
+#: from it and 4 on the grid 2.5 degrees away, 64th of 240). The eighth round (a fifth) gained two SRIF depth pairs,
+#: the tenth (30%) an optical/infrared one; none lost (benchmarks/RESULTS.md).
+BETWEEN_FRACTION = 0.3
 #: ... and of the levels of the compass refinement (stage 2) that follows, which also scores centred features: on
 #: 52 probe pairs the final pick was within 5% rTRE of the truth for 36 with them, 25 without.
 REFINE_SIZES = (64, 128)
@@ -293,11 +299,14 @@ def global_search(
         found = best_shifts(level(size), grid_a.reshape(-1), grid_s.reshape(-1), centred=centred)
         if stage == 0:
             finest = found
-        _add_best_distinct(found, starts, always, keep[0], step, log_ratio)
+        _add_best_distinct(found, starts, always, keep[0], step, log_ratio,
+                           go_on=ALWAYS_FROM_FINEST if stage == 0 else 1)
     if dofs >= 3:  # the finest level again, between the grid's angles next to its best candidates
         size, centred = SHIFT_STAGES[0]
         found = best_shifts(level(size), *_between_angles(finest, step), centred=centred)
-        _add_best_distinct(found, starts, always, keep[0], step, log_ratio)
+        # Its best is the finest level's sharpest view of a candidate that a coarser level may have found on the
+        # grid already: it goes on even as a near-duplicate, which would otherwise keep the blurrier copy only.
+        _add_best_distinct(found, starts, always, keep[0], step, log_ratio, best_even_if_near=True)
     always += list(seeds)
     refine_levels = [level(size) for size in REFINE_SIZES]
     shift_step = 2.0 * max(half_extent(fixed_hw, scale)) / max(refine_levels[0].fixed.shape[-2:])  # one pixel
@@ -318,12 +327,13 @@ def global_search(
 
 
 def _add_best_distinct(found: Sequence[Candidate], starts: List[Candidate], always: List[Candidate], count: int,
-                       angle_step: float, log_ratio: float) -> None:
+                       angle_step: float, log_ratio: float, go_on: int = 1, best_even_if_near: bool = False) -> None:
     """Append the ``count`` best distinct of ``found`` that are not near-duplicates of a candidate already taken: the
-    best one to ``always`` (it goes on to the end), the others to ``starts``."""
+    best ``go_on`` to ``always`` (they go on to the end), the others to ``starts``. ``best_even_if_near``: the best
+    one is appended even when it is a near-duplicate."""
     for rank, c in enumerate(_best_distinct(found, count, angle_step, log_ratio)):
-        if all(_distinct(c, p, angle_step, log_ratio) for p in starts + always):
-            (always if rank == 0 else starts).append(c)
+        if (best_even_if_near and rank == 0) or all(_distinct(c, p, angle_step, log_ratio) for p in starts + always):
+            (always if rank < go_on else starts).append(c)
 
 
 def _between_angles(found: Sequence[Candidate], angle_step: float, fraction: float = BETWEEN_FRACTION):
