@@ -66,7 +66,7 @@ def register_one(job):
         z = reg.quality.get("z")
         row.update(steps=reg.steps, suspect=reg.quality.get("suspect"), z=None if z is None else round(z, 3),
                    chosen=reg.quality.get("chosen"),
-                   second_opinion=(reg.quality.get("second_opinion") or {}).get("kept", ""))
+                   second_opinion=_kept(reg.quality.get("second_opinion")))
     except Exception as exc:  # noqa: BLE001 - a failed pair is a row, not the end of the run
         matrix, hw = np.full((3, 3), np.nan), image_size(pair.fixed_image)
         row["error"] = f"{exc.__class__.__name__}: {exc}"[:200]
@@ -76,6 +76,13 @@ def register_one(job):
     row["fixed_hw"] = "x".join(str(v) for v in hw)
     row["matrix"] = json.dumps(np.round(matrix, 8).tolist())
     return row
+
+
+def _kept(opinion) -> str:
+    """The ``second_opinion`` column: which result was kept, ``skipped`` where none was needed, empty without one."""
+    if not opinion:
+        return ""
+    return "skipped" if opinion.get("skipped") else opinion.get("kept", "")
 
 
 def report(rows, limit: float = 0.01) -> str:

@@ -93,7 +93,9 @@ def _fit_main(argv=None) -> int:
         print(f"quality: {verdict} (edge agreement {ngf}, z {z} against misaligned copies; kept the {q['chosen']} "
               f"transform)")
         second = q.get("second_opinion")
-        if second:
+        if second and second.get("skipped"):
+            print(f"second opinion: not run, {second['skipped']}")
+        elif second:
             z_first, z_second = ("n/a" if second[k] is None else f"{second[k]:.1f}" for k in ("z_first", "z_second"))
             print(f"second opinion: the first registration's z {z_first}, the second's {z_second}: kept the "
                   f"{second['kept']}")

@@ -213,7 +213,8 @@ def test_the_best_go_on_to_the_end_and_near_duplicates_are_dropped():
 def test_the_between_pass_best_goes_on_even_next_to_a_coarser_copy():
     """The finest level's pass between the grid's angles resolves a candidate that a coarser level may have taken
     already, a few degrees off: its best goes on all the same (the SRIF optical/infrared pair it gained had its
-    truth 1.25 degrees from it and 5 degrees from the coarser copy); its others are still dropped as duplicates."""
+    truth 1.25 degrees from it, and the coarser copy 3.75 degrees from it at scale 0.71); its others are still
+    dropped as duplicates."""
     from drmime_pl.core.search import _add_best_distinct
 
     step, log_ratio = math.radians(7.5), math.log(2.0) / 2

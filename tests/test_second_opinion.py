@@ -86,3 +86,62 @@ def test_a_failed_second_registration_leaves_the_first_result(monkeypatch):
     assert kept is first and kept.checkpoint == "first.ckpt"
     assert kept.quality["second_opinion"]["kept"] == "first"
     assert "folds the image" in kept.quality["second_opinion"]["error"]
+
+
+def _unrelated_at_256(tmp_path):
+    """The unrelated pair resized to 256 x 256 px: its pyramid halves to exactly the search's 128, 64 and 32 px."""
+    from PIL import Image
+
+    paths = []
+    for source, name in zip(UNRELATED, ("fixed.png", "moving.png")):
+        path = tmp_path / name
+        Image.open(source).convert("RGB").resize((256, 256)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_exact_levels_change_nothing_only_where_the_pyramid_has_every_search_size():
+    import torch
+
+    from drmime_pl.core.search import exact_levels_change_nothing
+
+    def pyramid(h, w, levels):
+        return [torch.zeros(1, max(1, h >> k), max(1, w >> k)) for k in range(levels)]
+
+    assert exact_levels_change_nothing(pyramid(256, 256, 4), pyramid(256, 256, 4))
+    assert exact_levels_change_nothing(pyramid(200, 256, 4), pyramid(300, 300, 4))  # the fixed long side counts
+    assert not exact_levels_change_nothing(pyramid(256, 320, 4), pyramid(256, 320, 4))  # 160, 80, 40 px
+    assert not exact_levels_change_nothing(pyramid(256, 256, 3), pyramid(256, 256, 3))  # no 32 px level
+    assert not exact_levels_change_nothing(pyramid(256, 256, 4), pyramid(256, 256, 3))  # the moving one stops early
+
+
+def test_where_the_search_levels_are_exact_already_both_searches_start_alike(tmp_path):
+    """The premise of skipping the second opinion: on a 256 px pair the search on exact levels finds the very start
+    the normal search finds."""
+    from drmime_pl.config import load_config
+    from drmime_pl.training.prepare import prepare_pair
+
+    fixed, moving = _unrelated_at_256(tmp_path)
+    data = load_config(None).data
+    normal = prepare_pair(fixed, moving, data, init="search", model="affine")
+    exact = prepare_pair(fixed, moving, data, init="search", model="affine", search_exact_levels=True)
+    assert normal.search_levels_exact
+    assert normal.init is not None and normal.init.equal(exact.init)
+
+
+def test_a_suspect_pair_whose_search_would_repeat_gets_no_second_registration(tmp_path, monkeypatch):
+    import drmime_pl.training.fit as fit_module
+
+    calls = []
+    register_once = fit_module._register_once
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("search_exact_levels", False))
+        return register_once(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "_register_once", counted)
+    reg = drmime_pl.register(*_unrelated_at_256(tmp_path), overrides=QUICK)
+    assert reg.quality["suspect"] is True
+    assert calls == [False]  # the first registration only
+    opinion = reg.quality["second_opinion"]
+    assert opinion["kept"] == "first" and opinion["z_second"] is None and "repeat" in opinion["skipped"]

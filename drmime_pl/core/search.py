@@ -46,7 +46,7 @@ SHIFT_STAGES = ((128, True), (64, True), (32, True), (32, False))
 ALWAYS_FROM_FINEST = 3
 #: After them, the finest level again, half a grid step off the angles of its best 30% of candidates: its detail
 #: lines up only within a few degrees (on one SRIF optical/infrared pair, z 13 at the true angle, 9 at 1.25 degrees
-#: from it and 4 on the grid 2.5 degrees away, 64th of 240). The eighth round (a fifth) gained two SRIF depth pairs,
+#: from it and 4 on the grid 2.5 degrees away, 65th of 240). The eighth round (a fifth) gained two SRIF depth pairs,
 #: the tenth (30%) an optical/infrared one; none lost (benchmarks/RESULTS.md).
 BETWEEN_FRACTION = 0.3
 #: ... and of the levels of the compass refinement (stage 2) that follows, which also scores centred features: on
@@ -324,6 +324,16 @@ def global_search(
         step, log_ratio, shift_step = step / 2, log_ratio / 2, shift_step / 2
     starts += always
     return sorted(starts, key=lambda c: c.score, reverse=True)
+
+
+def exact_levels_change_nothing(fixed_pyramid: Sequence[torch.Tensor], moving_pyramid: Sequence[torch.Tensor]) -> bool:
+    """Whether :func:`global_search` with ``exact_levels=True`` would score the very levels it scores without: every
+    size it uses (:data:`SHIFT_STAGES`, :data:`REFINE_SIZES`) is already the long side of a level both pyramids
+    have (a 256 px image halves to exactly 128, 64 and 32 px). Both searches, and so both registrations, are then
+    the same: a second opinion (``model.second_opinion``) would only repeat the first."""
+    sizes = {size for size, _ in SHIFT_STAGES} | set(REFINE_SIZES)
+    long_sides = {max(img.shape[-2:]) for img in fixed_pyramid[:len(moving_pyramid)]}
+    return sizes <= long_sides
 
 
 def _add_best_distinct(found: Sequence[Candidate], starts: List[Candidate], always: List[Candidate], count: int,

@@ -79,7 +79,8 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     started = time.perf_counter()  # wall_seconds: the whole call, up to just before transform.json is written
     result, pair, out_dir, plain = _register_once(cfg, fixed, moving, fixed_mask, callbacks, device_index, started)
     if wants_second_opinion(cfg, result):
-        result = second_opinion(cfg, result, fixed, moving, fixed_mask, device_index, started)
+        result = second_opinion(cfg, result, fixed, moving, fixed_mask, device_index, started,
+                                repeats_first=pair.search_levels_exact)
     if out_dir is not None:
         write_result(cfg, result, pair, out_dir, started)
     else:
@@ -100,7 +101,8 @@ def wants_second_opinion(cfg: DictConfig, result) -> bool:
                 and result.quality.get("suspect"))
 
 
-def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_index, started: float):
+def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_index, started: float,
+                   repeats_first: bool = False):
     """Register the pair again, its global search on levels of exactly 128, 64 and 32 px instead of the pyramid's
     levels at or below those sizes (which halving leaves anywhere from half the size up), and keep whichever
     result stands out more from misaligned copies (the verdict's ``z``). The second registration writes no logs,
@@ -112,8 +114,19 @@ def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_ind
     more successes (5 night-time, a visible/infrared, a fundus pair), none lost (``benchmarks/RESULTS.md``, ninth
     round). The kept result's ``quality.second_opinion`` has both ``z`` and which was kept; its ``seconds`` are both
     optimisations', and its ``checkpoint`` is None when the second was kept (the checkpoint is the first's).
+
+    ``repeats_first``: the first search's levels were exactly those sizes already (``PreparedPair.search_levels_exact``,
+    a 256 px image), so the second registration would repeat the first step for step: it is not run, and the first
+    stands (``quality.second_opinion.skipped`` says why). On the real benchmark pairs that spares the 16 suspect
+    256 px pairs (MR/PET, SPECT/CT, ...) a second registration that never changed their result.
     """
     import copy
+
+    if repeats_first:
+        first.quality = dict(first.quality, second_opinion={
+            "z_first": first.quality.get("z"), "z_second": None, "kept": "first",
+            "skipped": "the search's levels are exactly 128, 64 and 32 px already: it would repeat the first"})
+        return first
 
     second_cfg = copy.deepcopy(cfg)
     second_cfg.logging.enabled = False

@@ -162,7 +162,7 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
         own_cfg, spec = results[i][2], results[i][3]
         if wants_second_opinion(own_cfg, result):
             finished[i] = (second_opinion(own_cfg, result, spec.fixed, spec.moving, spec.fixed_mask, device_index,
-                                          started), pair)
+                                          started, repeats_first=pair.search_levels_exact), pair)
 
     def write_one(i: int):
         done = finished[i]

@@ -33,6 +33,9 @@ class PreparedPair:
     moving_weights: Optional[List[torch.Tensor]]
     scale: float
     init: Optional[torch.Tensor]
+    # The global search scored levels of exactly its sizes already (core/search.py: exact_levels_change_nothing), so
+    # a second opinion's search on exact levels would repeat it.
+    search_levels_exact: bool = False
 
     @property
     def fixed_hw(self) -> Tuple[int, int]:
@@ -170,5 +173,8 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
         if init == "search":
             init_coefficients = _search(init_coefficients, fixed_pyr, masks, moving_pyr, moving_weights,
                                         fixed_t.shape[-2:], moving_t.shape[-2:], scale, model, search_exact_levels)
+    from ..core.search import exact_levels_change_nothing
+
     return PreparedPair(fixed_name, moving_name, fixed_t, moving_t, fixed_pyr, moving_pyr, weights, moving_weights,
-                        scale, init_coefficients)
+                        scale, init_coefficients,
+                        search_levels_exact=init == "search" and exact_levels_change_nothing(fixed_pyr, moving_pyr))
