@@ -92,13 +92,14 @@ def _fit_main(argv=None) -> int:
         ngf, z = ("n/a" if q[k] is None else f"{q[k]:.{d}f}" for k, d in (("ngf", 3), ("z", 1)))  # None: no overlap
         print(f"quality: {verdict} (edge agreement {ngf}, z {z} against misaligned copies; kept the {q['chosen']} "
               f"transform)")
-        second = q.get("second_opinion")
-        if second and second.get("skipped"):
-            print(f"second opinion: not run, {second['skipped']}")
-        elif second:
-            z_first, z_second = ("n/a" if second[k] is None else f"{second[k]:.1f}" for k in ("z_first", "z_second"))
-            print(f"second opinion: the first registration's z {z_first}, the second's {z_second}: kept the "
-                  f"{second['kept']}")
+        for key, label in (("second_opinion", "second opinion"), ("rigid_opinion", "rigid opinion")):
+            opinion = q.get(key)
+            if opinion and opinion.get("skipped"):
+                print(f"{label}: not run, {opinion['skipped']}")
+            elif opinion:
+                (first, z_first), (other, z_other) = [(name[2:], "n/a" if value is None else f"{value:.1f}")
+                                                      for name, value in opinion.items() if name.startswith("z_")]
+                print(f"{label}: z {z_first} ({first}) against {z_other} ({other}): kept the {opinion['kept']}")
     print("matrix (fixed pixel -> moving pixel):")
     for row in result.matrix:
         print("  " + "  ".join(f"{v: .6g}" for v in row))

@@ -37,7 +37,8 @@ def test_the_opinion_that_stands_out_more_is_kept_and_both_are_recorded():
 
 def test_a_suspect_registration_is_registered_again_and_only_the_kept_result_is_written(tmp_path):
     out = tmp_path / "out"
-    reg = drmime_pl.register(*UNRELATED, overrides=QUICK, output_dir=str(out), log=True)
+    reg = drmime_pl.register(*UNRELATED, overrides=QUICK + ["model.rigid_opinion=false"], output_dir=str(out),
+                             log=True)
     opinion = reg.quality["second_opinion"]
     assert reg.quality["suspect"] is True
     z_first, z_second = (v if v is not None else -math.inf for v in (opinion["z_first"], opinion["z_second"]))
@@ -135,13 +136,52 @@ def test_a_suspect_pair_whose_search_would_repeat_gets_no_second_registration(tm
     calls = []
     register_once = fit_module._register_once
 
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get("search_exact_levels", False))
-        return register_once(*args, **kwargs)
+    def counted(cfg, *args, **kwargs):
+        calls.append((cfg.model.transform, kwargs.get("search_exact_levels", False)))
+        return register_once(cfg, *args, **kwargs)
 
     monkeypatch.setattr(fit_module, "_register_once", counted)
     reg = drmime_pl.register(*_unrelated_at_256(tmp_path), overrides=QUICK)
     assert reg.quality["suspect"] is True
-    assert calls == [False]  # the first registration only
+    # the first registration, no second one on exact levels, and the rigid opinion on the result still suspect
+    assert calls == [("affine", False), ("rigid", False)]
     opinion = reg.quality["second_opinion"]
     assert opinion["kept"] == "first" and opinion["z_second"] is None and "repeat" in opinion["skipped"]
+
+
+def test_a_result_still_suspect_gets_a_rigid_opinion_and_the_kept_one_is_written(tmp_path):
+    out = tmp_path / "out"
+    reg = drmime_pl.register(*UNRELATED, overrides=QUICK, output_dir=str(out), log=True)
+    assert reg.quality["suspect"] is True
+    rigid = reg.quality["rigid_opinion"]
+    assert set(rigid) == {"z_affine", "z_rigid", "kept"}
+    z_affine, z_rigid = (v if v is not None else -math.inf for v in (rigid["z_affine"], rigid["z_rigid"]))
+    assert rigid["kept"] == ("rigid" if z_rigid > z_affine else "affine")
+    assert reg.transform == rigid["kept"]
+    assert reg.quality["z"] == (rigid["z_rigid"] if rigid["kept"] == "rigid" else rigid["z_affine"])
+    assert "second_opinion" in reg.quality  # what came before is still recorded
+    written = json.loads((out / "transform.json").read_text())
+    assert written["transform"] == reg.transform and written["matrix"] == reg.matrix.tolist()
+    assert written["quality"] == json.loads(json.dumps(reg.quality))
+    assert [p.name for p in (out / "logs" / "drmime").iterdir()] == ["version_0"]
+
+
+def test_the_rigid_opinion_is_kept_when_it_stands_out_more_and_records_both():
+    first, rigid = _opinion(2.0, 3.0), _opinion(3.9, 2.0)
+    first.quality["second_opinion"] = {"z_first": 1.5, "z_second": 2.0, "kept": "second"}
+    kept = better_opinion(first, rigid, "rigid_opinion", ("affine", "rigid"))
+    assert kept is rigid and kept.seconds == 5.0 and kept.checkpoint is None
+    assert kept.quality["rigid_opinion"] == {"z_affine": 2.0, "z_rigid": 3.9, "kept": "rigid"}
+    assert kept.quality["second_opinion"] == first.quality["second_opinion"]  # carried over from the first
+
+
+def test_a_rigid_model_or_a_fixed_start_gets_no_rigid_opinion():
+    from drmime_pl.config import load_config
+    from drmime_pl.training.fit import wants_rigid_opinion
+
+    suspect = _opinion(2.0)
+    assert wants_rigid_opinion(load_config(None), suspect)
+    for override in ("model.transform=rigid", "model.transform=translation", "model.rigid_opinion=false",
+                     "model.init=moments", "fit.ckpt_path=x.ckpt"):
+        assert not wants_rigid_opinion(load_config(None, [override]), suspect), override
+    assert not wants_rigid_opinion(load_config(None), SimpleNamespace(quality={"z": 6.0, "suspect": False}))

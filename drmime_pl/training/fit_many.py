@@ -66,7 +66,8 @@ def fit_batches(cfg: DictConfig, pairs: Sequence[PairSpec], batch_size: int,
 
     Per batch: the pairs are prepared (read, checked, pyramids, masks, initial search) on ``fit.workers`` threads,
     optimised together in one loop, then judged and polished on the workers again; the suspect ones get their second
-    opinion one after the other (``model.second_opinion``), and each pair's kept result is written. The next batch is
+    and rigid opinions one after the other (``model.second_opinion``, ``model.rigid_opinion``), and each pair's
+    kept result is written. The next batch is
     prepared in the background while this one is optimised, so on a CPU both stages keep a core busy. With more
     than one worker every torch operation runs single-threaded (one core per worker; ``fit.threads`` is not used);
     with ``fit.workers=1``, ``fit.threads`` sets torch's threads as for one pair.
@@ -122,8 +123,9 @@ def _prepare(cfg: DictConfig, spec: PairSpec):
 
 def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> List[Union[object, Exception]]:
     """The batch's shared optimisation, then each pair's :func:`~drmime_pl.training.fit.finish`, a second opinion
-    for the suspect ones (:func:`~drmime_pl.training.fit.second_opinion`, one after the other), and their files."""
-    from .fit import finish, second_opinion, wants_second_opinion, write_result
+    and then a rigid one for the suspect ones (:func:`~drmime_pl.training.fit.further_opinions`, one after the
+    other), and their files."""
+    from .fit import finish, further_opinions, write_result
 
     results = list(prepared)
     ready = [i for i, r in enumerate(results) if not isinstance(r, Exception)]  # the pairs that go on
@@ -160,9 +162,8 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
             continue
         result, pair = done
         own_cfg, spec = results[i][2], results[i][3]
-        if wants_second_opinion(own_cfg, result):
-            finished[i] = (second_opinion(own_cfg, result, spec.fixed, spec.moving, spec.fixed_mask, device_index,
-                                          started, repeats_first=pair.search_levels_exact), pair)
+        finished[i] = (further_opinions(own_cfg, result, pair, spec.fixed, spec.moving, spec.fixed_mask, device_index,
+                                        started), pair)
 
     def write_one(i: int):
         done = finished[i]
