@@ -58,7 +58,8 @@ def test_unrelated_images_are_flagged():
     # shifted copies although nothing matches; see drmime_pl/quality.py.)
     reg = drmime_pl.register(str(SAMPLES / "birl" / "images" / "artificial_reference.jpg"),
                              str(SAMPLES / "birl" / "rat-kidney_" / "scale-5pc" / "Rat-Kidney_HE.jpg"),
-                             overrides=FAST + ["model.second_opinion=false"])  # (test_second_opinion.py)
+                             overrides=FAST + ["model.second_opinion=false",  # the opinions: test_second_opinion.py
+                                               "model.rigid_opinion=false"])
     assert reg.quality["suspect"] is True, reg.quality
     assert reg.quality["reason"]
 

@@ -35,25 +35,9 @@ def test_the_opinion_that_stands_out_more_is_kept_and_both_are_recorded():
     assert better_opinion(first, second) is second
 
 
-def test_a_suspect_registration_is_registered_again_and_only_the_kept_result_is_written(tmp_path):
-    out = tmp_path / "out"
-    reg = drmime_pl.register(*UNRELATED, overrides=QUICK + ["model.rigid_opinion=false"], output_dir=str(out),
-                             log=True)
-    opinion = reg.quality["second_opinion"]
-    assert reg.quality["suspect"] is True
-    z_first, z_second = (v if v is not None else -math.inf for v in (opinion["z_first"], opinion["z_second"]))
-    assert opinion["kept"] == ("second" if z_second > z_first else "first")
-    assert reg.quality["z"] == (opinion["z_second"] if opinion["kept"] == "second" else opinion["z_first"])
-    written = json.loads((out / "transform.json").read_text())
-    assert written["quality"] == json.loads(json.dumps(reg.quality))
-    assert written["matrix"] == reg.matrix.tolist()
-    # the second registration writes no TensorBoard run of its own
-    assert [p.name for p in (out / "logs" / "drmime").iterdir()] == ["version_0"]
-
-
 def test_second_opinion_false_keeps_the_first(tmp_path):
-    reg = drmime_pl.register(*UNRELATED, overrides=QUICK + ["model.second_opinion=false"])
-    assert reg.quality["suspect"] is True and "second_opinion" not in reg.quality
+    reg = drmime_pl.register(*UNRELATED, overrides=QUICK + ["model.second_opinion=false", "model.rigid_opinion=false"])
+    assert reg.quality["suspect"] is True and "second_opinion" not in reg.quality and "rigid_opinion" not in reg.quality
 
 
 def test_a_batch_asks_a_second_opinion_for_its_suspect_pair_only(tmp_path):
@@ -63,7 +47,8 @@ def test_a_batch_asks_a_second_opinion_for_its_suspect_pair_only(tmp_path):
     folder.mkdir()
     good = write_shifted_pair(folder, seed=11, dx=2.6, dy=-1.8)
     outs = [tmp_path / "out_good", tmp_path / "out_unrelated"]
-    many = drmime_pl.register_many([good, UNRELATED], output_dirs=outs, batch_size=2, overrides=QUICK)
+    many = drmime_pl.register_many([good, UNRELATED], output_dirs=outs, batch_size=2,
+                                   overrides=QUICK + ["model.rigid_opinion=false"])  # the same further_opinions
     assert not many[0].quality["suspect"] and "second_opinion" not in many[0].quality
     assert abs(many[0].matrix[0, 2] - 2.6) < 0.3 and abs(many[0].matrix[1, 2] + 1.8) < 0.3
     assert many[1].quality["suspect"] and many[1].quality["second_opinion"]["kept"] in ("first", "second")
@@ -149,20 +134,27 @@ def test_a_suspect_pair_whose_search_would_repeat_gets_no_second_registration(tm
     assert opinion["kept"] == "first" and opinion["z_second"] is None and "repeat" in opinion["skipped"]
 
 
-def test_a_result_still_suspect_gets_a_rigid_opinion_and_the_kept_one_is_written(tmp_path):
+def test_a_suspect_registration_gets_a_second_and_a_rigid_opinion_and_only_the_kept_result_is_written(tmp_path):
     out = tmp_path / "out"
     reg = drmime_pl.register(*UNRELATED, overrides=QUICK, output_dir=str(out), log=True)
     assert reg.quality["suspect"] is True
-    rigid = reg.quality["rigid_opinion"]
+
+    def z(value):
+        return value if value is not None else -math.inf
+
+    second = reg.quality["second_opinion"]  # the whole pair again, its search on exact levels
+    assert set(second) == {"z_first", "z_second", "kept"}
+    assert second["kept"] == ("second" if z(second["z_second"]) > z(second["z_first"]) else "first")
+    rigid = reg.quality["rigid_opinion"]  # then, still suspect, with a rigid model
     assert set(rigid) == {"z_affine", "z_rigid", "kept"}
-    z_affine, z_rigid = (v if v is not None else -math.inf for v in (rigid["z_affine"], rigid["z_rigid"]))
-    assert rigid["kept"] == ("rigid" if z_rigid > z_affine else "affine")
+    assert rigid["z_affine"] == second["z_" + second["kept"]]
+    assert rigid["kept"] == ("rigid" if z(rigid["z_rigid"]) > z(rigid["z_affine"]) else "affine")
     assert reg.transform == rigid["kept"]
-    assert reg.quality["z"] == (rigid["z_rigid"] if rigid["kept"] == "rigid" else rigid["z_affine"])
-    assert "second_opinion" in reg.quality  # what came before is still recorded
+    assert reg.quality["z"] == rigid["z_" + rigid["kept"]]
     written = json.loads((out / "transform.json").read_text())
     assert written["transform"] == reg.transform and written["matrix"] == reg.matrix.tolist()
     assert written["quality"] == json.loads(json.dumps(reg.quality))
+    # the further registrations write no TensorBoard run of their own
     assert [p.name for p in (out / "logs" / "drmime").iterdir()] == ["version_0"]
 
 
