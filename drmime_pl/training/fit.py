@@ -104,12 +104,16 @@ def further_opinions(cfg: DictConfig, result, pair, fixed, moving, fixed_mask, d
     return result
 
 
-def wants_second_opinion(cfg: DictConfig, result) -> bool:
-    """Whether ``result`` gets a second opinion: ``model.second_opinion`` is on, the verdict finds it suspect, and
-    it started from the global search (not from ``model.init_matrix`` or a checkpoint, which fix the start)."""
+def _suspect_after_search(cfg: DictConfig, result) -> bool:
+    """Whether the verdict finds ``result`` suspect and it started from the global search (not from
+    ``model.init_matrix`` or a checkpoint, which fix the start): what every further opinion needs."""
     m = cfg.model
-    return bool(m.second_opinion and m.init == "search" and not m.init_matrix and not cfg.fit.ckpt_path
-                and result.quality.get("suspect"))
+    return bool(m.init == "search" and not m.init_matrix and not cfg.fit.ckpt_path and result.quality.get("suspect"))
+
+
+def wants_second_opinion(cfg: DictConfig, result) -> bool:
+    """Whether ``result`` gets a second opinion: ``model.second_opinion`` is on and :func:`_suspect_after_search`."""
+    return bool(cfg.model.second_opinion) and _suspect_after_search(cfg, result)
 
 
 def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_index, started: float,
@@ -143,13 +147,12 @@ def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_ind
 
 def wants_rigid_opinion(cfg: DictConfig, result) -> bool:
     """Whether ``result`` gets a rigid opinion: ``model.rigid_opinion`` is on, the model has more freedom than
-    ``rigid`` (similarity, affine, perspective), the verdict still finds the result suspect, and it started from the
-    global search."""
+    ``rigid`` (similarity, affine, perspective), and :func:`_suspect_after_search` (still, after a second opinion)."""
     from ..core.geometry import TRANSFORM_DOFS
 
     m = cfg.model
-    return bool(m.rigid_opinion and TRANSFORM_DOFS[m.transform] > TRANSFORM_DOFS["rigid"] and m.init == "search"
-                and not m.init_matrix and not cfg.fit.ckpt_path and result.quality.get("suspect"))
+    return (bool(m.rigid_opinion) and TRANSFORM_DOFS[m.transform] > TRANSFORM_DOFS["rigid"]
+            and _suspect_after_search(cfg, result))
 
 
 def rigid_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_index, started: float):
