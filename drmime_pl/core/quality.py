@@ -58,9 +58,11 @@ class Verdict:
 def judge_level(pair) -> Level:
     """The ~256 px copy of a :class:`~drmime_pl.training.prepare.PreparedPair` that candidates are judged on (made before
     the pyramids are released)."""
+    from .sharpness import match_sharpness
+
     masks = [w > 0 for w in pair.fixed_weights]
-    return Level.from_pyramids(pair.fixed_pyramid, masks, pair.moving_pyramid, pair.moving_weights, pair.fixed_hw,
-                               pair.moving_hw, pair.scale, JUDGE_SIZE)
+    return match_sharpness(Level.from_pyramids(pair.fixed_pyramid, masks, pair.moving_pyramid, pair.moving_weights,
+                                               pair.fixed_hw, pair.moving_hw, pair.scale, JUDGE_SIZE))
 
 
 def refine(level: Level, matrix: torch.Tensor, model: str, iterations: int = 16, score=symmetric_ngf) -> torch.Tensor:
