@@ -77,3 +77,20 @@ def test_refine_on_histogram_mi_recovers_a_subpixel_shift():
     level = _level(nonmonotonic(level.warped_by(true[None])[0, :1]), image)
     got = refine(level, torch.eye(3, dtype=torch.float64), "translation", score=symmetric_histogram_mi)
     assert abs(float((got[0, 2] - true[0, 2]) * level.scale)) < 0.15  # level pixels
+
+
+def test_refine_with_growing_steps_travels_farther_in_the_same_iterations():
+    # A start 14 level pixels off: one-pixel steps that never grow cover at most 10 px in 10 iterations; steps that
+    # double after each kept move (up to 4 px) get there, and still end within a fraction of a pixel.
+    image = textured_image(96, seed=6)
+    level = _level(image, image)
+    true = _shift(14.0, level)
+    level = _level(nonmonotonic(level.warped_by(true[None])[0, :1]), image)
+    start = torch.eye(3, dtype=torch.float64)
+
+    def error(grow: float) -> float:  # level pixels along x
+        got = refine(level, start, "translation", iterations=10, score=symmetric_histogram_mi, grow=grow)
+        return abs(float((got[0, 2] - true[0, 2]) * level.scale))
+
+    assert error(1.0) > 3.0
+    assert error(2.0) < 0.3
