@@ -7,7 +7,7 @@ import torch
 
 from drmime_pl.core.ngf import Level
 from drmime_pl.core.pyramid import gaussian_blur
-from drmime_pl.core.sharpness import WIDTH_RATIO, edge_width, match_sharpness
+from drmime_pl.core.sharpness import MAX_BLUR, WIDTH_RATIO, edge_width, match_sharpness
 
 SIZE = 128
 MASK = torch.ones(SIZE, SIZE, dtype=torch.bool)
@@ -32,7 +32,7 @@ def test_the_edge_width_of_a_blurred_step_is_sqrt_2pi_sigma():
 
 def test_the_sharper_image_is_blurred_to_the_others_edge_width_and_the_other_kept():
     sharp = _checkerboard()
-    blurred = gaussian_blur(sharp, 4.0)  # edges ~10 px wide against 1: far beyond WIDTH_RATIO
+    blurred = gaussian_blur(sharp, 2.0)  # edges ~5 px wide against 1: beyond WIDTH_RATIO, within MAX_BLUR
     for fixed, moving, changed, kept in ((sharp, blurred, "fixed", "moving"), (blurred, sharp, "moving", "fixed")):
         level = _level(fixed, 1.0 - moving)  # another modality: inverted contrast
         out = match_sharpness(level)
@@ -48,3 +48,11 @@ def test_images_of_similar_resolution_are_left_alone():
         assert edge_width(other, MASK) < WIDTH_RATIO * edge_width(sharp, MASK)
         level = _level(sharp, other)
         assert match_sharpness(level) is level
+
+
+def test_the_blur_stops_at_max_blur():
+    sharp = _checkerboard()
+    level = _level(sharp, gaussian_blur(sharp, 2 * MAX_BLUR))
+    out = match_sharpness(level)
+    capped = edge_width(gaussian_blur(sharp, MAX_BLUR), MASK)
+    assert abs(edge_width(out.fixed, MASK) - capped) < 0.1 * capped

@@ -62,7 +62,8 @@ class Verdict:
 
 def judge_level(pair) -> Level:
     """The ~256 px copy of a :class:`~drmime_pl.training.prepare.PreparedPair` that candidates are judged on (made before
-    the pyramids are released)."""
+    the pyramids are released). Where one image's edges are several times wider than the other's (SPECT against CT),
+    the sharper one is blurred to match (:func:`~drmime_pl.core.sharpness.match_sharpness`)."""
     from .sharpness import match_sharpness
 
     masks = [w > 0 for w in pair.fixed_weights]
