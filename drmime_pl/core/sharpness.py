@@ -10,9 +10,9 @@ and scored the truth or elastix's result higher once the CT was blurred by about
 Each image's :func:`edge_width` (its intensity range over its steepest gradients) stands for its blur. Where one is
 at least ``WIDTH_RATIO`` times the other, the sharper image is blurred by the Gaussian that widens its edges to the
 other's, up to ``MAX_BLUR`` (1, 1.5, 2 and 2.5 times that blur each made 2 of the 5 SPECT/CT pairs succeed; 1 with
-the widest margins). The ratio was chosen on the real benchmark pairs: SPECT/CT 5.1-5.5, all
-other pairs at most 3.1 (depth maps against photographs, whose smooth ramps read as blur but whose alignment got
-worse when the photograph was blurred; RESULTS.md, eleventh round).
+the widest margins). The ratio was chosen on the real benchmark pairs: SPECT/CT measure 5.1-5.5, every other pair
+at most 3.1 (depth maps against photographs: their smooth ramps read as blur to a cruder measure, and blurring the
+photograph cost two of them their alignment; benchmarks/RESULTS.md, eleventh round).
 """
 from __future__ import annotations
 
