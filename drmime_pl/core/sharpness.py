@@ -17,6 +17,7 @@ photograph cost two of them their alignment; benchmarks/RESULTS.md, eleventh rou
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -59,8 +60,7 @@ def match_sharpness(level: Level) -> Level:
         return level
     to_sigma = 1.0 / math.sqrt(2.0 * math.pi)
     sigma = min(MAX_BLUR, math.sqrt((blurry * to_sigma) ** 2 - (sharp * to_sigma) ** 2))
+    # replace() makes a new Level, whose cache of derived features starts empty.
     if w_fixed < w_moving:
-        return Level(gaussian_blur(level.fixed.float(), sigma), level.mask, level.moving, level.valid,
-                     level.fixed_hw, level.moving_hw, level.scale)
-    return Level(level.fixed, level.mask, gaussian_blur(level.moving.float(), sigma), level.valid, level.fixed_hw,
-                 level.moving_hw, level.scale)
+        return replace(level, fixed=gaussian_blur(level.fixed.float(), sigma))
+    return replace(level, moving=gaussian_blur(level.moving.float(), sigma))
