@@ -28,7 +28,7 @@ def _fixed_bins(fixed: torch.Tensor, bins: int):
     and their shares of the upper bins (``P`` float32)."""
     f = fixed.clamp(0, 1).float() * (bins - 1)
     f0 = f.floor().clamp_(max=bins - 2)
-    return f0.long() * bins, f - f0
+    return f0.int() * bins, f - f0
 
 
 def _parzen_mi(fixed_offset: torch.Tensor, fixed_share: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor,
@@ -42,16 +42,18 @@ def _parzen_mi(fixed_offset: torch.Tensor, fixed_share: torch.Tensor, moving: to
     # Candidate k's bin (i, j) is entry k * bins^2 + i * bins + j of one flat histogram. Each sample adds to the four
     # bins around its lower corner c: c, c + 1, c + bins and c + bins + 1. Each of the four is a bincount at c
     # shifted by its offset (a bin + 1 stays in its row and candidate, as the lower bins are at most bins - 2).
-    # The shares are float32 products (exact to ~1e-7 relative), added in float64; bincount is 2-3x faster than
-    # index_add_.
-    corner = m0.long().add_(fixed_offset).add_((torch.arange(n) * (bins * bins))[:, None]).reshape(-1)
+    # The shares are float32 products, and so are the bincounts' sums (on a 256 px level MI moves by ~1e-10, where
+    # a compass step changes it by ~1e-5); int32 bins and float32 shares make the bincounts ~30% faster than int64
+    # and float64 (bincount is 2-3x faster than index_add_). The histogram is normalised in float64.
+    corner = m0.int().add_(fixed_offset).add_((torch.arange(n, dtype=torch.int32) * (bins * bins))[:, None])
+    corner = corner.reshape(-1)
     high_f = weights.float() * fixed_share
     low_f = weights.float() - high_f
     low_high, high_high = low_f * moving_share, high_f * moving_share
     size = n * bins * bins
-    hist = torch.bincount(corner, low_f.sub_(low_high).reshape(-1).double(), size)
+    hist = torch.bincount(corner, low_f.sub_(low_high).reshape(-1), size).double()
     for offset, share in ((1, low_high), (bins, high_f.sub_(high_high)), (bins + 1, high_high)):
-        hist[offset:] += torch.bincount(corner, share.reshape(-1).double(), size)[:-offset]
+        hist[offset:] += torch.bincount(corner, share.reshape(-1), size)[:-offset]
     p = hist.view(n, bins, bins)
     p = p / p.sum((1, 2), keepdim=True).clamp_min(1e-12)
     p_fixed, p_moving = p.sum(2, keepdim=True), p.sum(1, keepdim=True)
