@@ -177,3 +177,59 @@ def test_a_rigid_model_or_a_fixed_start_gets_no_rigid_opinion():
                      "model.init=moments", "fit.ckpt_path=x.ckpt"):
         assert not wants_rigid_opinion(load_config(None, [override]), suspect), override
     assert not wants_rigid_opinion(load_config(None), SimpleNamespace(quality={"z": 6.0, "suspect": False}))
+
+
+def _unrelated_small(tmp_path):
+    """The unrelated pair at 240 x 200 px: its levels (120, 60, 30 px) are not the search's exact sizes."""
+    from PIL import Image
+
+    paths = []
+    for source, name in zip(UNRELATED, ("fixed.png", "moving.png")):
+        path = tmp_path / name
+        Image.open(source).convert("RGB").resize((240, 200)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_after_the_search_a_registration_does_not_depend_on_its_levels(tmp_path, monkeypatch):
+    """The premise of stopping a second opinion whose search picks the first's start: from the same start, the
+    registration with the search on exact levels gives the first's result to the last bit."""
+    import torch
+
+    import drmime_pl.training.prepare as prepare_module
+    from drmime_pl.config import load_config
+    from drmime_pl.training.fit import _register_once
+
+    start = torch.tensor([0.02, -0.01, 0.05, 0.0, 0.01, 0.0])  # affine coefficients, the same for both searches
+    monkeypatch.setattr(prepare_module, "_search", lambda *args, **kwargs: start.clone())
+    cfg = load_config(None, QUICK + ["logging.enabled=false"])
+    fixed, moving = _unrelated_small(tmp_path)
+    first, _, _, _ = _register_once(cfg, fixed, moving, None, (), None, 0.0)
+    second, _, _, _ = _register_once(cfg, fixed, moving, None, (), None, 0.0, search_exact_levels=True)
+    assert (first.matrix == second.matrix).all() and first.quality == second.quality
+
+
+def test_a_second_search_that_picks_the_first_start_ends_the_second_opinion_there(tmp_path, monkeypatch):
+    import drmime_pl.training.fit as fit_module
+    from drmime_pl.config import load_config
+    from drmime_pl.training.prepare import prepare_pair
+
+    fixed, moving = _unrelated_small(tmp_path)
+    cfg = load_config(None, QUICK)
+    exact = prepare_pair(fixed, moving, cfg.data, init="search", model="affine", search_exact_levels=True)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the second registration went on past its search")
+
+    monkeypatch.setattr(fit_module, "make_trainer", no_training)
+    first = _opinion(2.0)
+    kept = fit_module.second_opinion(cfg, first, fixed, moving, None, None, 0.0, first_start=exact.init.clone())
+    assert kept is first and kept.checkpoint == "first.ckpt"
+    opinion = kept.quality["second_opinion"]
+    assert opinion["kept"] == "first" and opinion["z_second"] is None and "first's start" in opinion["skipped"]
+
+    # Another start: the second registration runs (here it reaches the trainer, which this test forbids).
+    other = exact.init.clone()
+    other[0] += 0.01
+    kept = fit_module.second_opinion(cfg, _opinion(2.0), fixed, moving, None, None, 0.0, first_start=other)
+    assert "went on past its search" in kept.quality["second_opinion"]["error"]

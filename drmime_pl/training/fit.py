@@ -98,7 +98,7 @@ def further_opinions(cfg: DictConfig, result, pair, fixed, moving, fixed_mask, d
     config asks: the kept result."""
     if wants_second_opinion(cfg, result):
         result = second_opinion(cfg, result, fixed, moving, fixed_mask, device_index, started,
-                                repeats_first=pair.search_levels_exact)
+                                repeats_first=pair.search_levels_exact, first_start=pair.init)
     if wants_rigid_opinion(cfg, result):
         result = rigid_opinion(cfg, result, fixed, moving, fixed_mask, device_index, started)
     return result
@@ -117,7 +117,7 @@ def wants_second_opinion(cfg: DictConfig, result) -> bool:
 
 
 def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_index, started: float,
-                   repeats_first: bool = False):
+                   repeats_first: bool = False, first_start=None):
     """Register the pair again, its global search on levels of exactly 128, 64 and 32 px instead of the pyramid's
     levels at or below those sizes (which halving leaves anywhere from half the size up), and keep whichever
     result stands out more from misaligned copies (the verdict's ``z``). The second registration writes no logs,
@@ -134,15 +134,24 @@ def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_ind
     a 256 px image), so the second registration would repeat the first step for step: it is not run, and the first
     stands (``quality.second_opinion.skipped`` says why). On the real benchmark pairs that spares 12 suspect 256 px
     pairs (MR/PET, SPECT/CT, two cross-season ones) a second registration that gave their first result again.
+
+    ``first_start``: the first registration's initial coefficients (``PreparedPair.init``). When the second search
+    picks exactly them, the rest of the second registration (same start, same seed) would repeat the first step for
+    step: it stops after its search, and the first stands (``skipped`` says so). On the real benchmark pairs about a
+    third of the second opinions end so.
     """
-    if repeats_first:
+    def skipped(why: str):
         first.quality = dict(first.quality, second_opinion={
-            "z_first": first.quality.get("z"), "z_second": None, "kept": "first",
-            "skipped": "the search's levels are exactly 128, 64 and 32 px already: it would repeat the first"})
+            "z_first": first.quality.get("z"), "z_second": None, "kept": "first", "skipped": why})
         return first
 
+    if repeats_first:
+        return skipped("the search's levels are exactly 128, 64 and 32 px already: it would repeat the first")
     return _another_opinion(cfg, first, fixed, moving, fixed_mask, device_index, started, "second_opinion",
-                            ("first", "second"), "from a second search", search_exact_levels=True)
+                            ("first", "second"), "from a second search", search_exact_levels=True,
+                            unless_start=first_start,
+                            on_same_start=lambda: skipped("the second search picked the first's start: it would "
+                                                          "repeat the first"))
 
 
 def wants_rigid_opinion(cfg: DictConfig, result) -> bool:
@@ -173,11 +182,13 @@ def rigid_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_in
 
 
 def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_index, started: float, key: str,
-                     names, how: str, search_exact_levels: bool = False, transform=None):
+                     names, how: str, search_exact_levels: bool = False, transform=None, unless_start=None,
+                     on_same_start=None):
     """Register the pair once more, quietly (no logs, checkpoints, files or further opinions), with the search on
     exact levels or another ``transform``, and keep the result that stands out more (:func:`better_opinion`,
     recorded under ``quality[key]`` with ``names`` for the two). A failed registration leaves ``current``, with the
-    error recorded."""
+    error recorded. When the search picks exactly the coefficients ``unless_start``, the registration stops there
+    and ``on_same_start()`` is returned."""
     import copy
 
     other_cfg = copy.deepcopy(cfg)
@@ -193,7 +204,9 @@ def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device
               flush=True)
     try:
         other, _, _, _ = _register_once(other_cfg, fixed, moving, fixed_mask, (), device_index, started,
-                                        search_exact_levels=search_exact_levels)
+                                        search_exact_levels=search_exact_levels, unless_start=unless_start)
+    except SameStart:
+        return on_same_start()
     except RegistrationInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a degenerate result: the opinion so far stands
@@ -227,10 +240,15 @@ def better_opinion(first, second, key: str = "second_opinion", names=("first", "
     return kept
 
 
+class SameStart(Exception):
+    """:func:`_register_once` stopped after its search, which picked the start it was told to skip."""
+
+
 def _register_once(cfg: DictConfig, fixed, moving, fixed_mask, callbacks, device_index, started: float,
-                   search_exact_levels: bool = False):
+                   search_exact_levels: bool = False, unless_start=None):
     """One registration of :func:`fit`, its result files not yet written: ``(result, PreparedPair, the folder the
-    result files go to or None, whether progress is printed as plain lines)``."""
+    result files go to or None, whether progress is printed as plain lines)``. Raises :class:`SameStart` when the
+    initial coefficients are exactly ``unless_start`` (a second opinion that would repeat the first)."""
     from .prepare import prepare_pair
 
     d, m, f, lg = cfg.data, cfg.model, cfg.fit, cfg.logging
@@ -258,6 +276,8 @@ def _register_once(cfg: DictConfig, fixed, moving, fixed_mask, callbacks, device
 
     pair = prepare_pair(fixed, moving, d, init=m.init, model=m.transform, fixed_mask=fixed_mask,
                         init_matrix=m.init_matrix, search_exact_levels=search_exact_levels)
+    if unless_start is not None and pair.init is not None and torch.equal(pair.init, unless_start):
+        raise SameStart()
     identity = {"transform": m.transform, "pair": pair.fingerprint(), "levels": pair.levels,
                 "fixed": pair.fixed_name, "moving": pair.moving_name}
     if f.ckpt_path:
