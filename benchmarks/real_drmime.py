@@ -31,7 +31,7 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 #: still registered and reported; the second total leaves them out.
 UNSCOREABLE = {("real-srif", "optical_sar")}
 COLUMNS = ["method", "group", "pair", "source", "modality", "magnitude", "fixed_hw", "rtre", "seconds", "threads",
-           "matrix", "error", "steps", "suspect", "z", "chosen", "second_opinion"]
+           "matrix", "error", "steps", "suspect", "z", "z_mi", "chosen", "second_opinion"]
 
 
 def pairs(root: Path, sets, only: str):
@@ -63,8 +63,9 @@ def register_one(job):
     try:
         reg = drmime_pl.register(str(pair.fixed_image), str(pair.moving_image), overrides=list(overrides))
         matrix, hw = np.asarray(reg.matrix), reg.fixed_shape
-        z = reg.quality.get("z")
+        z, z_mi = reg.quality.get("z"), reg.quality.get("z_mi")
         row.update(steps=reg.steps, suspect=reg.quality.get("suspect"), z=None if z is None else round(z, 3),
+                   z_mi=None if z_mi is None else round(z_mi, 3),
                    chosen=reg.quality.get("chosen"),
                    second_opinion=_kept(reg.quality.get("second_opinion")))
     except Exception as exc:  # noqa: BLE001 - a failed pair is a row, not the end of the run
