@@ -34,13 +34,13 @@ JUDGE_SIZE = 256
 #: Below this z-score of NGF against misaligned copies, a registration is flagged ``suspect`` (unless MI's z reaches
 #: ``MI_TRUST_Z``). Chosen on the first 118 real benchmark pairs (benchmarks/RESULTS.md).
 SUSPECT_Z = 4.5
-#: The polish's compass search on histogram MI doubles its steps after each kept move (up to ``MAX_GROWTH`` times
-#: the first ones), so that MI can walk the few pixels that NGF leaves on photographs of two bands (RGB/NIR
-#: ``vn_28``: 4.0% -> 0.27% rTRE) in the same 16 iterations; the search on NGF keeps its steps (eleventh round).
 #: A result whose edges barely stand out (z < SUSPECT_Z) is still trusted when its intensities do: its histogram MI
 #: stands out from the same misaligned copies by at least this z (maps against photographs, RGB/NIR bands). On the
 #: 182 scoreable real pairs (twelfth round) the flagged failures reach at most 3.3 and the successes it clears 4.4.
 MI_TRUST_Z = 4.0
+#: The polish's compass search on histogram MI doubles its steps after each kept move (up to ``MAX_GROWTH`` times
+#: the first ones), so that MI can walk the few pixels that NGF leaves on photographs of two bands (RGB/NIR
+#: ``vn_28``: 4.0% -> 0.27% rTRE) in the same 16 iterations; the search on NGF keeps its steps (eleventh round).
 MI_GROW = 2.0
 MAX_GROWTH = 4.0
 
@@ -71,8 +71,9 @@ class Verdict:
 
 def judge_level(pair) -> Level:
     """The 256 px copy (:data:`JUDGE_SIZE`) of a :class:`~drmime_pl.training.prepare.PreparedPair` that candidates are
-    judged on (made before the pyramids are released). Where one image's edges are several times wider than the other's (SPECT against CT),
-    the sharper one is blurred to match (:func:`~drmime_pl.core.sharpness.match_sharpness`)."""
+    judged on (made before the pyramids are released). Where one image's edges are several times wider than the
+    other's (SPECT against CT), the sharper one is blurred to match
+    (:func:`~drmime_pl.core.sharpness.match_sharpness`)."""
     from .sharpness import match_sharpness
 
     masks = [w > 0 for w in pair.fixed_weights]
