@@ -74,16 +74,21 @@ def test_a_failed_second_registration_leaves_the_first_result(monkeypatch):
     assert "folds the image" in kept.quality["second_opinion"]["error"]
 
 
-def _unrelated_at_256(tmp_path):
-    """The unrelated pair resized to 256 x 256 px: its pyramid halves to exactly the search's 128, 64 and 32 px."""
+def _unrelated_resized(tmp_path, width: int, height: int):
+    """The unrelated pair resized to ``width x height`` px, written as PNGs into ``tmp_path``: their paths."""
     from PIL import Image
 
     paths = []
     for source, name in zip(UNRELATED, ("fixed.png", "moving.png")):
         path = tmp_path / name
-        Image.open(source).convert("RGB").resize((256, 256)).save(path)
+        Image.open(source).convert("RGB").resize((width, height)).save(path)
         paths.append(str(path))
     return paths
+
+
+def _unrelated_at_256(tmp_path):
+    """The unrelated pair at 256 x 256 px: its pyramid halves to exactly the search's 128, 64 and 32 px."""
+    return _unrelated_resized(tmp_path, 256, 256)
 
 
 def test_exact_levels_change_nothing_only_where_the_pyramid_has_every_search_size():
@@ -181,14 +186,7 @@ def test_a_rigid_model_or_a_fixed_start_gets_no_rigid_opinion():
 
 def _unrelated_small(tmp_path):
     """The unrelated pair at 240 x 200 px: its levels (120, 60, 30 px) are not the search's exact sizes."""
-    from PIL import Image
-
-    paths = []
-    for source, name in zip(UNRELATED, ("fixed.png", "moving.png")):
-        path = tmp_path / name
-        Image.open(source).convert("RGB").resize((240, 200)).save(path)
-        paths.append(str(path))
-    return paths
+    return _unrelated_resized(tmp_path, 240, 200)
 
 
 def test_after_the_search_a_registration_does_not_depend_on_its_levels(tmp_path, monkeypatch):
