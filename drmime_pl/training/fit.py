@@ -147,11 +147,10 @@ def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_ind
 
     if repeats_first:
         return skipped("the search's levels are exactly 128, 64 and 32 px already: it would repeat the first")
-    return _another_opinion(cfg, first, fixed, moving, fixed_mask, device_index, started, "second_opinion",
+    kept = _another_opinion(cfg, first, fixed, moving, fixed_mask, device_index, started, "second_opinion",
                             ("first", "second"), "from a second search", search_exact_levels=True,
-                            unless_start=first_start,
-                            on_same_start=lambda: skipped("the second search picked the first's start: it would "
-                                                          "repeat the first"))
+                            unless_start=first_start)
+    return skipped("the second search picked the first's start: it would repeat the first") if kept is None else kept
 
 
 def wants_rigid_opinion(cfg: DictConfig, result) -> bool:
@@ -182,13 +181,12 @@ def rigid_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_in
 
 
 def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_index, started: float, key: str,
-                     names, how: str, search_exact_levels: bool = False, transform=None, unless_start=None,
-                     on_same_start=None):
+                     names, how: str, search_exact_levels: bool = False, transform=None, unless_start=None):
     """Register the pair once more, quietly (no logs, checkpoints, files or further opinions), with the search on
     exact levels or another ``transform``, and keep the result that stands out more (:func:`better_opinion`,
     recorded under ``quality[key]`` with ``names`` for the two). A failed registration leaves ``current``, with the
     error recorded. When the search picks exactly the coefficients ``unless_start``, the registration stops there
-    and ``on_same_start()`` is returned."""
+    and None is returned."""
     import copy
 
     other_cfg = copy.deepcopy(cfg)
@@ -206,7 +204,7 @@ def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device
         other, _, _, _ = _register_once(other_cfg, fixed, moving, fixed_mask, (), device_index, started,
                                         search_exact_levels=search_exact_levels, unless_start=unless_start)
     except SameStart:
-        return on_same_start()
+        return None
     except RegistrationInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a degenerate result: the opinion so far stands
