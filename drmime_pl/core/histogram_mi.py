@@ -43,9 +43,9 @@ def _parzen_mi(fixed_offset: torch.Tensor, fixed_share: torch.Tensor, moving: to
     # bins around its lower corner c: c, c + 1, c + bins and c + bins + 1. Each of the four is a bincount at c
     # shifted by its offset (a bin + 1 stays in its row and candidate, as the lower bins are at most bins - 2).
     # The shares are float32 products, and so are the bincounts' sums: MI moves by about 1e-8 against float64 sums,
-    # no candidate's rank changed in a test, nor any result of the 202 real benchmark pairs. int32 bins and float32
-    # shares make MI 2.3x faster than converting them to int64 and float64 (twelfth round); bincount is 2-3x faster
-    # than index_add_. Only the small histograms are normalised in float64.
+    # no candidate's rank changed in a probe (24 candidates, 155 x 256 px), nor any of the 202 real benchmark pairs'
+    # results. int32 bins and float32 shares make MI 2.3x faster than converting them to int64 and float64 (twelfth
+    # round); bincount is 2-3x faster than index_add_. Only the small histograms are normalised in float64.
     corner = m0.int().add_(fixed_offset).add_((torch.arange(n, dtype=torch.int32) * (bins * bins))[:, None])
     corner = corner.reshape(-1)
     high_f = weights.float() * fixed_share

