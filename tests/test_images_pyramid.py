@@ -7,7 +7,7 @@ from PIL import Image
 from drmime_pl.errors import ImageError
 from drmime_pl.core.channels import luminance, select_channels
 from drmime_pl.io.images import load_image, read_image
-from drmime_pl.core.pyramid import _max_filter, auto_foreground, gaussian_pyramid, max_levels
+from drmime_pl.core.pyramid import _max_filter, auto_foreground, blur_and_halve, gaussian_blur, gaussian_pyramid, max_levels
 
 
 def test_read_8bit_rgb_png_and_jpeg(tmp_path):
@@ -81,6 +81,20 @@ def test_pyramid_levels_share_the_grid_frame():
         weight = level[0] / level[0].sum()
         assert abs(float((weight * xs).sum()) / w - 88 / 128) < 0.01
         assert abs(float((weight * ys).sum()) / h - 48 / 128) < 0.01
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 90), (1, 33, 47), (2, 40, 17), (1, 3, 9)])
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 2.0])
+def test_blur_and_halve_is_a_blur_then_an_edge_to_edge_resize(shape, sigma):
+    # The fused even-axis kernel (and the odd-axis fallback) must give what the definition gives.
+    torch.manual_seed(0)
+    img = torch.rand(*shape)
+    h, w = shape[-2:]
+    expected = torch.nn.functional.interpolate(gaussian_blur(img, sigma)[None], size=(max(1, h // 2), max(1, w // 2)),
+                                               mode="bilinear", align_corners=False)[0]
+    got = blur_and_halve(img, sigma)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) < 1e-6
 
 
 def test_auto_foreground_black_border_and_white_glass():

@@ -54,6 +54,44 @@ def _blur_axis(x: torch.Tensor, k, dim: int, pad, mode: str) -> torch.Tensor:
     return out
 
 
+def blur_and_halve(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The next pyramid level of a ``C x H x W`` image: :func:`gaussian_blur` by ``sigma``, then resized edge to edge
+    (bilinear, ``align_corners=False``) to ``C x max(1, H // 2) x max(1, W // 2)``.
+
+    One axis at a time, as both steps are separable. Along an axis of even length the resize averages pixel pairs
+    ``2i, 2i + 1``, so the blur and that average are one kernel of ``2 r + 2`` taps evaluated at every other pixel:
+    a fraction of the work and memory traffic of blurring every pixel first (a 2912 x 2912 RGB level: 0.39 ->
+    0.15 s, thirteenth round). An odd axis is blurred and then resized as before. Same result up to float rounding.
+    """
+    k = gaussian_kernel1d(sigma, torch.float64).tolist() if sigma > 0 else [1.0]
+    mode = "reflect" if min(image.shape[-2:]) > (len(k) - 1) // 2 else "replicate"
+    x = _halve_axis(image.unsqueeze(0), k, -1, mode)
+    return _halve_axis(x, k, -2, mode)[0]
+
+
+def _halve_axis(x: torch.Tensor, k, dim: int, mode: str) -> torch.Tensor:
+    """Blur ``1 x C x H x W`` along ``dim`` (-1 or -2) by the kernel ``k`` (``2 r + 1`` taps, ``mode`` padding) and
+    resize that axis from ``n`` to ``max(1, n // 2)`` pixels edge to edge."""
+    n, r = x.shape[dim], (len(k) - 1) // 2
+    m = max(1, n // 2)
+    pad = (r, r, 0, 0) if dim == -1 else (0, 0, r, r)
+    if n % 2 == 1:
+        blurred = _blur_axis(x, k, dim, pad, mode) if r > 0 else x
+        size = (blurred.shape[-2], m) if dim == -1 else (m, blurred.shape[-1])
+        return F.interpolate(blurred, size=size, mode="bilinear", align_corners=False)
+    padded = F.pad(x, pad, mode=mode) if r > 0 else x
+    # out[i] = (b[2i] + b[2i + 1]) / 2 with b[j] = sum_t k[t] padded[j + t], i.e. sum_t c[t] padded[2i + t]:
+    taps = [0.5 * k[0]] + [0.5 * (k[t] + k[t - 1]) for t in range(1, len(k))] + [0.5 * k[-1]]
+
+    def every_other(t: int) -> torch.Tensor:  # padded[2i + t] for i < m, along dim
+        return padded[..., t:t + 2 * m:2] if dim == -1 else padded[..., t:t + 2 * m:2, :]
+
+    out = every_other(0) * taps[0]
+    for t in range(1, len(taps)):
+        out.add_(every_other(t), alpha=taps[t])
+    return out
+
+
 def min_max_normalise(image: torch.Tensor) -> torch.Tensor:
     """Scale a ``C x H x W`` image to [0, 1] over all its channels (a constant image becomes zeros)."""
     lo, hi = image.amin(), image.amax()
@@ -70,11 +108,7 @@ def gaussian_pyramid(image: torch.Tensor, levels: int, sigma: float = 1.0, norma
     """
     out = [image]
     for _ in range(levels - 1):
-        prev = out[-1]
-        h, w = prev.shape[-2:]
-        blurred = gaussian_blur(prev, sigma)
-        size = (max(1, h // 2), max(1, w // 2))
-        out.append(F.interpolate(blurred.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0])
+        out.append(blur_and_halve(out[-1], sigma))
     if highpass_sigma > 0:
         out = [x - gaussian_blur(x, highpass_sigma) for x in out]
     return [min_max_normalise(x) for x in out] if normalise else out

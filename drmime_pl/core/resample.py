@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import reframe, transform_points
+from .geometry import reframe
 
 
 def _fill_value(fill: Union[str, float], dtype) -> Optional[float]:
@@ -47,14 +47,22 @@ def warp_array(array: np.ndarray, axes: str, matrix, out_hw: Sequence[int], orde
     # only; grid_sample treats every output pixel on its own, so the blocks give exactly the unblocked result.
     rows = max(1, _WARP_BLOCK_PIXELS // max(1, w))
     xs = torch.arange(w, dtype=torch.float64)
+    mt = torch.as_tensor(m, dtype=torch.float64)
+    # Each output row's moving point is (a x + c + b y) / (g x + i + h y): a column part per output column,
+    # computed once, plus a row part per row (cheaper than a 3 x 3 product per pixel: FIRE's warped image 0.14 ->
+    # 0.03 s).
+    by_column = [mt[r, 0] * xs + mt[r, 2] for r in range(3)]  # w each
+    affine = bool((mt[2, :2] == 0).all() and mt[2, 2] == 1)
     ones = torch.ones((1, 1, hm, wm), dtype=work) if value else None
     for start in range(0, n_planes, 8):  # a few planes at a time: bounded memory for stacks
         chunk = torch.from_numpy(np.ascontiguousarray(planes[start:start + 8], dtype=np_work)).unsqueeze(0)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            ys, xx = torch.meshgrid(torch.arange(r0, r1, dtype=torch.float64), xs, indexing="ij")
-            grid = transform_points(m, torch.stack([xx.reshape(-1), ys.reshape(-1)], dim=-1))
-            grid = grid.view(1, r1 - r0, w, 2).to(work)
+            ys = torch.arange(r0, r1, dtype=torch.float64)[:, None]
+            grid = torch.stack([by_column[r] + mt[r, 1] * ys for r in range(2)], -1)  # rows x w x 2
+            if not affine:
+                grid = grid / (by_column[2] + mt[2, 1] * ys)[..., None]
+            grid = grid.to(work)[None]
             res = F.grid_sample(chunk, grid, mode=mode, padding_mode="border" if value is None else "zeros",
                                 align_corners=False)[0]
             if value:  # pad with a constant: weight the outside by what a ones image loses there

@@ -87,20 +87,28 @@ def _oriented(image: NativeImage, path) -> NativeImage:
     return NativeImage(a, image.axes, image.tiff)
 
 
-def _png16_bytes(array: np.ndarray) -> bytes:
-    """A 16-bit PNG (gray, gray+alpha, RGB or RGBA) of an ``H x W (x C)`` uint16 array (Pillow writes no 16-bit
-    colour PNG)."""
+def png_bytes(array: np.ndarray) -> bytes:
+    """A PNG (gray, gray+alpha, RGB or RGBA; 8 or 16 bits) of an ``H x W (x C)`` uint8 or uint16 array.
+
+    Every row is written with PNG's "Up" filter (its difference from the row above) and zlib level 1: as small as
+    Pillow's PNG at level 1 on photographs and about twice as fast (a 2912 x 2912 RGB warped image: 0.20 against
+    0.43 s, 7 MB each; thirteenth round). Pillow writes no 16-bit colour PNG at all.
+    """
     a = array if array.ndim == 3 else array[..., None]
     h, w, c = a.shape
     colour = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = np.ascontiguousarray(a.astype(">u2")).view(np.uint8).reshape(h, w * c * 2)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
+    depth = 16 if a.dtype == np.uint16 else 8
+    rows = np.ascontiguousarray(a.astype(">u2") if depth == 16 else a).view(np.uint8).reshape(h, -1)
+    filtered = np.empty((h, rows.shape[1] + 1), np.uint8)  # each row: its filter type (2: Up), then its bytes
+    filtered[:, 0] = 2
+    filtered[0, 1:] = rows[0]  # the row above the first is zeros
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG defines it
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(filtered, 1)) + chunk(b"IEND", b""))
 
 
 def write_native(array: np.ndarray, axes: str, path, like=None) -> None:
@@ -122,8 +130,8 @@ def write_native(array: np.ndarray, axes: str, path, like=None) -> None:
     suffix = path.suffix.lower()
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
-    if array.dtype == np.uint16 and suffix == ".png":
-        data = _png16_bytes(array)
+    if array.dtype in (np.uint8, np.uint16) and suffix == ".png":
+        data = png_bytes(array)
     elif array.dtype == np.uint8:
         import io
 
