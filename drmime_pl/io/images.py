@@ -210,12 +210,15 @@ def to_image_tensor(image, name: str = "image", channels_first: bool | None = No
     if t.shape[0] in (2, 4):  # gray + alpha or RGBA: drop alpha
         t = t[:-1]
     dtype = t.dtype
+    # The conversions to float32 also make the layout contiguous in the same pass: decoders hand over channels-last
+    # views (C x H x W strides of H x W x C), and converting first and copying after took twice as long.
+    as_float = dict(dtype=torch.float32, memory_format=torch.contiguous_format)
     if dtype == torch.bool:
-        t = t.float()
+        t = t.to(**as_float)
     elif dtype == torch.uint8:
-        t = t.float().div_(255.0)
+        t = t.to(**as_float).div_(255.0)
     elif dtype == torch.uint16:
-        t = t.to(torch.float32).div_(65535.0)
+        t = t.to(**as_float).div_(65535.0)
     elif dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint32, torch.uint64):
         # No fixed white level (signed data, or 32-bit counts far above 65535): the image's own range.
         tf = t.to(torch.float64)
