@@ -167,6 +167,18 @@ class DrmimeModule(pl.LightningModule):
         return adam_with_schedule(self.estimator.parameters(), self.transform.shared, self.transform.fine, self.hparams)
 
 
+class CpuAdam(torch.optim.Adam):
+    """Adam, without the accelerator check of every step when all its parameters are on the CPU.
+
+    Before each step, torch's Adam asks whether CUDA graphs are being captured, which on a machine without a GPU
+    tries to load NVIDIA's management library again every time: 0.35 ms of a 9 ms step (thirteenth round). The
+    parameters' updates are exactly Adam's."""
+
+    def _accelerator_graph_capture_health_check(self) -> None:
+        if any(p.device.type != "cpu" for group in self.param_groups for p in group["params"]):
+            super()._accelerator_graph_capture_health_check()
+
+
 def adam_with_schedule(estimator_parameters, shared, fine, hp) -> dict:
     """Adam over the estimator's parameters and the shared and fine coefficients (learning rates ``hp.lr_mine``,
     ``hp.lr_shared``, ``hp.lr_fine``), each decayed by a cosine to ``hp.lr_final_factor`` at ``hp.max_steps``; the
@@ -176,7 +188,7 @@ def adam_with_schedule(estimator_parameters, shared, fine, hp) -> dict:
         {"params": [shared], "lr": hp.lr_shared, "name": "shared"},
         {"params": [fine], "lr": hp.lr_fine, "name": "fine"},
     ]
-    optimizer = torch.optim.Adam(groups, amsgrad=hp.amsgrad)
+    optimizer = CpuAdam(groups, amsgrad=hp.amsgrad)
     total, floor = max(1, hp.max_steps), hp.lr_final_factor
 
     def cosine(step: int) -> float:
