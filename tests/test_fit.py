@@ -105,3 +105,25 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path, pair_files):
     result = fit(small_config(tmp_path, pair_files, "logging.enabled=false", "fit.precision=bf16-mixed"))
     assert np.isfinite(result.matrix).all()
     assert mean_corner_error(result.matrix, TRUE, (160, 160)) < 3.0
+
+
+def test_identity_start_kept_by_keep_best(tmp_path, pair_files, monkeypatch):
+    # model.init=identity leaves the pair without initial coefficients; when keep-best keeps that start ("initial"),
+    # the result is identity with zero coefficients, not a crash (thirteenth round: an AttributeError).
+    import drmime_pl.core.quality as quality
+
+    real = quality.choose_and_judge
+
+    def start_wins(level, optimised, initial, **kwargs):
+        _, verdict = real(level, optimised, initial, **kwargs)
+        verdict.chosen = "initial"
+        return torch.eye(3, dtype=torch.float64), verdict
+
+    monkeypatch.setattr(quality, "choose_and_judge", start_wins)
+    result = fit(small_config(tmp_path, pair_files, "model.init=identity", "logging.enabled=false",
+                              "fit.max_steps=10", "fit.min_steps=10", f"output.dir={tmp_path / 'out'}"))
+    assert result.quality["chosen"] == "initial"
+    np.testing.assert_allclose(result.matrix, np.eye(3), atol=1e-9)
+    assert not np.any(result.coefficients_shared) and not np.any(result.coefficients_fine)
+    assert (tmp_path / "out" / "transform.json").exists()
+
