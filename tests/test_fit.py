@@ -126,4 +126,3 @@ def test_identity_start_kept_by_keep_best(tmp_path, pair_files, monkeypatch):
     np.testing.assert_allclose(result.matrix, np.eye(3), atol=1e-9)
     assert not np.any(result.coefficients_shared) and not np.any(result.coefficients_fine)
     assert (tmp_path / "out" / "transform.json").exists()
-

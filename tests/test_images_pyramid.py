@@ -7,7 +7,8 @@ from PIL import Image
 from drmime_pl.errors import ImageError
 from drmime_pl.core.channels import luminance, select_channels
 from drmime_pl.io.images import load_image, read_image
-from drmime_pl.core.pyramid import _max_filter, auto_foreground, blur_and_halve, gaussian_blur, gaussian_pyramid, max_levels
+from drmime_pl.core.pyramid import (_max_filter, auto_foreground, blur_and_halve, gaussian_blur, gaussian_pyramid,
+                                     max_levels)
 
 
 def test_read_8bit_rgb_png_and_jpeg(tmp_path):

@@ -421,7 +421,7 @@ def finish(cfg: DictConfig, pair, judge, optimised: torch.Tensor, coefficients: 
     matrix_normalised, verdict = _keep_best(judge, pair, optimised, m)
     if verdict.chosen != "optimised":  # the optimisation made things worse: its start (or identity) was kept
         # The start is identity (zero coefficients) with model.init=identity: the pair then has no initial ones.
-        start = pair.init if verdict.chosen == "initial" and pair.init is not None else None
+        start = pair.init if verdict.chosen == "initial" else None
         coefficients = (start.double() if start is not None else torch.zeros_like(coefficients[0]),
                         torch.zeros_like(coefficients[1]))
     coefficients = _coefficients_of(matrix_normalised, m.transform) or coefficients  # after the polish
