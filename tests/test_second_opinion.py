@@ -5,6 +5,8 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
+
 import drmime_pl
 from drmime_pl.training.fit import better_opinion
 
@@ -17,20 +19,29 @@ UNRELATED = (str(SAMPLES / "birl" / "images" / "artificial_reference.jpg"),
 
 
 def _opinion(z, seconds=1.0):
-    return SimpleNamespace(quality={"z": z, "suspect": True}, seconds=seconds, checkpoint="first.ckpt")
+    matrix = np.eye(3)
+    matrix[0, 2] = seconds  # tells the opinions' matrices apart
+    return SimpleNamespace(quality={"z": z, "suspect": True}, seconds=seconds, checkpoint="first.ckpt", matrix=matrix)
+
+
+def _shifted(x):
+    return [[1.0, 0.0, x], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 
 
 def test_the_opinion_that_stands_out_more_is_kept_and_both_are_recorded():
     first, second = _opinion(2.0, 3.0), _opinion(3.5, 4.0)
     kept = better_opinion(first, second)
     assert kept is second
-    assert kept.quality["second_opinion"] == {"z_first": 2.0, "z_second": 3.5, "kept": "second"}
+    # the one not kept is there to look at: the first's matrix
+    assert kept.quality["second_opinion"] == {"z_first": 2.0, "z_second": 3.5, "kept": "second",
+                                              "other_matrix": _shifted(3.0)}
     assert kept.seconds == 7.0  # both optimisations
     assert kept.checkpoint is None  # the checkpoint is the first registration's
 
     first, second = _opinion(2.0), _opinion(float("nan"))  # a z that could not be computed never wins
     assert better_opinion(first, second) is first
     assert first.quality["second_opinion"]["kept"] == "first" and first.checkpoint == "first.ckpt"
+    assert first.quality["second_opinion"]["other_matrix"] == _shifted(1.0)
     first, second = _opinion(None), _opinion(-1.0)
     assert better_opinion(first, second) is second
 
@@ -148,10 +159,13 @@ def test_a_suspect_registration_gets_a_second_and_a_rigid_opinion_and_only_the_k
         return value if value is not None else -math.inf
 
     second = reg.quality["second_opinion"]  # the whole pair again, its search on exact levels
-    assert set(second) == {"z_first", "z_second", "kept"}
+    assert set(second) == {"z_first", "z_second", "kept", "other_matrix"}
     assert second["kept"] == ("second" if z(second["z_second"]) > z(second["z_first"]) else "first")
     rigid = reg.quality["rigid_opinion"]  # then, still suspect, with a rigid model
-    assert set(rigid) == {"z_affine", "z_rigid", "kept"}
+    assert set(rigid) == {"z_affine", "z_rigid", "kept", "other_matrix"}
+    # the result not kept, fixed pixel -> moving pixel like the kept one's matrix, but another transform
+    assert np.isfinite(rigid["other_matrix"]).all() and np.shape(rigid["other_matrix"]) == (3, 3)
+    assert not np.allclose(rigid["other_matrix"], reg.matrix)
     assert rigid["z_affine"] == second["z_" + second["kept"]]
     assert rigid["kept"] == ("rigid" if z(rigid["z_rigid"]) > z(rigid["z_affine"]) else "affine")
     assert reg.transform == rigid["kept"]
@@ -168,7 +182,8 @@ def test_the_rigid_opinion_is_kept_when_it_stands_out_more_and_records_both():
     first.quality["second_opinion"] = {"z_first": 1.5, "z_second": 2.0, "kept": "second"}
     kept = better_opinion(first, rigid, "rigid_opinion", ("affine", "rigid"))
     assert kept is rigid and kept.seconds == 5.0 and kept.checkpoint is None
-    assert kept.quality["rigid_opinion"] == {"z_affine": 2.0, "z_rigid": 3.9, "kept": "rigid"}
+    assert kept.quality["rigid_opinion"] == {"z_affine": 2.0, "z_rigid": 3.9, "kept": "rigid",
+                                             "other_matrix": _shifted(3.0)}
     assert kept.quality["second_opinion"] == first.quality["second_opinion"]  # carried over from the first
 
 

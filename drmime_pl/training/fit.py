@@ -218,8 +218,9 @@ def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device
 def better_opinion(first, second, key: str = "second_opinion", names=("first", "second")):
     """``second`` if its verdict's ``z`` is higher than ``first``'s (an uncomputable ``z`` counts as lowest), else
     ``first``. The kept one records both ``z`` and which was kept in ``quality[key]`` (as ``z_<name>`` and
-    ``kept: <name>``, with ``names`` for the two), keeps what ``first`` recorded of earlier opinions, and has the
-    seconds of both optimisations."""
+    ``kept: <name>``, with ``names`` for the two) and the one not kept's ``matrix`` as ``other_matrix`` (fixed
+    pixel -> moving pixel, as ``matrix``: a suspect result's alternative, to look at or to start from), keeps what
+    ``first`` recorded of earlier opinions, and has the seconds of both optimisations."""
     import math
 
     def z_of(result) -> float:
@@ -227,15 +228,24 @@ def better_opinion(first, second, key: str = "second_opinion", names=("first", "
         return z if isinstance(z, (int, float)) and math.isfinite(z) else float("-inf")
 
     keep_second = z_of(second) > z_of(first)
-    kept = second if keep_second else first
+    kept, other = (second, first) if keep_second else (first, second)
     earlier = {k: v for k, v in first.quality.items() if k.endswith("_opinion") and k != key}
     kept.quality = dict(kept.quality, **earlier, **{key: {f"z_{names[0]}": first.quality.get("z"),
                                                           f"z_{names[1]}": second.quality.get("z"),
-                                                          "kept": names[1] if keep_second else names[0]}})
+                                                          "kept": names[1] if keep_second else names[0],
+                                                          "other_matrix": _matrix_list(other)}})
     kept.seconds = float(first.seconds + second.seconds)
     if keep_second:
         kept.checkpoint = None
     return kept
+
+
+def _matrix_list(result):
+    """``result.matrix`` as nested lists (JSON), or None where it has none."""
+    import numpy as np
+
+    matrix = getattr(result, "matrix", None)
+    return None if matrix is None else np.asarray(matrix, dtype=float).tolist()
 
 
 class SameStart(Exception):
