@@ -116,17 +116,15 @@ def pairs_csv_text(results: Sequence[PairResult]) -> str:
     return buf.getvalue()
 
 
-def plot_success(results: Sequence[PairResult], mode: str, path: Path) -> None:
-    """``success.png``: success rate against the threshold, one curve per group and one for all pairs."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def plot_success(results: Sequence[PairResult], mode: str, path: Path):
+    """``success.png``: success rate against the threshold, one curve per group and one (black) for all pairs.
+    Returns where the data lie in the image (:class:`~drmime_pl.evaluation.plot.Axes`)."""
+    from .plot import COLOURS, Curve, step_plot
 
     top = FIRE_MAX_PX if mode == "fire" else ANHIR_MAX_RTRE
     thresholds = np.linspace(0.0, top, 501)
-    fig = Figure(figsize=(6.4, 4.4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     groups = group_order(results, mode)
+    curves = []
     for group in groups + ["all"]:
         if group == "all" and len(groups) == 1:
             continue  # the one group is the whole set
@@ -134,18 +132,15 @@ def plot_success(results: Sequence[PairResult], mode: str, path: Path) -> None:
         scores = [pair_score(r, mode) for r in members]
         label = f"{group} ({len(members)} pairs"
         label += f", AUC {auc(scores, FIRE_MAX_PX):.3f})" if mode == "fire" else ")"
-        style = {"color": "black", "linewidth": 2.0} if group == "all" else {"linewidth": 1.3}
-        ax.step(thresholds, success_curve(scores, thresholds), where="post", label=label, **style)
-    ax.set_xlim(0.0, top)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("threshold on the mean TRE (px)" if mode == "fire" else "threshold on the median rTRE")
-    ax.set_ylabel("success rate")
-    ax.set_title("FIRE: success rate" if mode == "fire" else "Landmark pairs: success rate")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+        colour, width = ((0, 0, 0), 2) if group == "all" else (COLOURS[len(curves) % len(COLOURS)], 1)
+        curves.append(Curve(thresholds, success_curve(scores, thresholds), label, colour, width))
+    x_label = "threshold on the mean TRE (px)" if mode == "fire" else "threshold on the median rTRE"
+    title = "FIRE: success rate" if mode == "fire" else "Landmark pairs: success rate"
+    # y up to 1.04: a curve at 1 stays clear of the frame
+    image, axes = step_plot(curves, top, 1.04, x_label, "success rate", title, y_ticks=np.linspace(0.0, 1.0, 6))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        image.save(tmp, format="PNG")
+    return axes
 
 
 def write_report(out: Path, results: Sequence[PairResult], mode: str, title: str) -> str:
