@@ -1,7 +1,7 @@
 """Step curves drawn with Pillow: the success-rate plot of an evaluation (``success.png``).
 
 Pillow, not matplotlib: drmime_pl needs no plotting library, and Lightning's torchmetrics imports matplotlib's pyplot
-whenever it is installed, which added about 0.4 s to the start of every run (fourteenth round,
+whenever it is installed, which added about 0.5 s to the start of every run (fourteenth round,
 ``benchmarks/RESULTS.md``).
 
 Convention: a curve is ``(x, y)``, the values ``y[i]`` from ``x[i]`` up to ``x[i + 1]`` (matplotlib's
