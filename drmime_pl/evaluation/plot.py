@@ -67,6 +67,12 @@ def _put(draw: ImageDraw.ImageDraw, xy, text: str, font, align: str) -> None:
     draw.text((x, y), text, fill=INK, font=font)
 
 
+def _tick_labels(values: Sequence[float]):
+    """The values with as many decimals as the finest of them needs (0, 0.2, ..., 1 -> 0.0, 0.2, ..., 1.0)."""
+    decimals = max(len(f"{float(v):g}".partition(".")[2]) for v in values)
+    return [f"{float(v):.{decimals}f}" for v in values]
+
+
 def step_plot(curves: Sequence[Curve], x_max: float, y_max: float, x_label: str, y_label: str, title: str,
               size: Tuple[int, int] = (704, 484), ticks: int = 5,
               y_ticks: Optional[Sequence[float]] = None) -> Tuple[Image.Image, Axes]:
@@ -80,14 +86,16 @@ def step_plot(curves: Sequence[Curve], x_max: float, y_max: float, x_label: str,
     axes = Axes((72, 34, width - 18, height - 52), float(x_max), float(y_max))
     left, top, right, bottom = axes.box
 
-    for x_value in (x_max * i / ticks for i in range(ticks + 1)):
+    x_ticks = [x_max * i / ticks for i in range(ticks + 1)]
+    y_ticks = [y_max * i / ticks for i in range(ticks + 1)] if y_ticks is None else list(y_ticks)
+    for x_value, text in zip(x_ticks, _tick_labels(x_ticks)):
         px, _ = axes.to_pixel(x_value, 0.0)
         draw.line([(px, top), (px, bottom)], fill=GRID)
-        _put(draw, (px, bottom + 6), f"{x_value:g}", font, "top")
-    for y_value in (y_max * i / ticks for i in range(ticks + 1)) if y_ticks is None else y_ticks:
+        _put(draw, (px, bottom + 6), text, font, "top")
+    for y_value, text in zip(y_ticks, _tick_labels(y_ticks)):
         _, py = axes.to_pixel(0.0, y_value)
         draw.line([(left, py), (right, py)], fill=GRID)
-        _put(draw, (left - 6, py), f"{y_value:g}", font, "right")
+        _put(draw, (left - 6, py), text, font, "right")
     draw.rectangle(axes.box, outline=INK)
 
     for curve in curves:
