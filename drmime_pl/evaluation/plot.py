@@ -25,6 +25,9 @@ INK = (0, 0, 0)
 
 @dataclass
 class Curve:
+    """One step curve (the module's convention): its legend ``label`` (empty: none), RGB ``colour`` and line
+    ``width`` in pixels."""
+
     x: np.ndarray  # N thresholds, increasing
     y: np.ndarray  # N values
     label: str
