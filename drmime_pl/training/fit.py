@@ -228,19 +228,11 @@ def better_opinion(first, second, key: str = "second_opinion", names=("first", "
     kept.quality = dict(kept.quality, **earlier, **{key: {f"z_{names[0]}": first.quality.get("z"),
                                                           f"z_{names[1]}": second.quality.get("z"),
                                                           "kept": names[1] if keep_second else names[0],
-                                                          "other_matrix": _matrix_list(other)}})
+                                                          "other_matrix": other.matrix.tolist()}})
     kept.seconds = float(first.seconds + second.seconds)
     if keep_second:
         kept.checkpoint = None
     return kept
-
-
-def _matrix_list(result):
-    """``result.matrix`` as nested lists (JSON), or None where it has none."""
-    import numpy as np
-
-    matrix = getattr(result, "matrix", None)
-    return None if matrix is None else np.asarray(matrix, dtype=float).tolist()
 
 
 class SameStart(Exception):
