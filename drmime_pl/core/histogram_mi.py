@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .ngf import Level, gray, overlap_needed
+from .tasks import together
 
 
 def joint_histogram_mi(fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor, bins: int = 32) -> torch.Tensor:
@@ -87,5 +88,8 @@ def _fixed_side(level: Level, bins: int):
 
 def symmetric_histogram_mi(level: Level, matrices: torch.Tensor) -> torch.Tensor:
     """The mean of :func:`histogram_mi` both ways (fixed vs warped moving, moving vs fixed warped by the inverse),
-    so that neither image's zoom is favoured. ``N``."""
-    return 0.5 * (histogram_mi(level, matrices) + histogram_mi(level.swapped(), torch.linalg.inv(matrices.double())))
+    so that neither image's zoom is favoured; both at once (:func:`~drmime_pl.core.tasks.together`). ``N``."""
+    inverse = torch.linalg.inv(matrices.double())
+    forward, backward = together(lambda: histogram_mi(level, matrices),
+                                 lambda: histogram_mi(level.swapped(), inverse))
+    return 0.5 * (forward + backward)

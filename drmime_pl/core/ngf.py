@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import frame_matrix
+from .tasks import together
 
 
 def gradient_features(gray: torch.Tensor, valid: torch.Tensor, eps_rel: float = 0.2,
@@ -312,6 +313,9 @@ def symmetric_ngf(level: Level, matrices: torch.Tensor, centred: bool = False) -
     """The mean of NGF both ways: fixed vs warped moving, and moving vs fixed warped by the inverse. ``N``.
 
     One way alone favours zooming into one image (fewer, smoother edges to disagree with); both ways cancel that.
+    The two ways are computed at once (:func:`~drmime_pl.core.tasks.together`).
     """
-    return 0.5 * (ngf(level, matrices, centred=centred)
-                  + ngf(level.swapped(), torch.linalg.inv(matrices.double()), centred=centred))
+    inverse = torch.linalg.inv(matrices.double())
+    forward, backward = together(lambda: ngf(level, matrices, centred=centred),
+                                 lambda: ngf(level.swapped(), inverse, centred=centred))
+    return 0.5 * (forward + backward)

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from .geometry import TRANSFORM_DOFS
 from .ngf import (Level, fft_size, gradient_features, half_extent, ngf, ngf_all_shifts, shift_spectra,
                   symmetric_ngf)
+from .tasks import count as task_count
+from .tasks import split, together
 
 #: Stage 1's levels (long side, pixels) and whether their edge features are centred, finest first. Each contributes
 #: its own best candidates: finer levels resolve detail that lines up only within a few degrees; the coarsest
@@ -146,9 +148,9 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
 
     angles, scales = angles.double().reshape(-1), scales.double().reshape(-1)
     primaries, partner = _half_turn_partners(angles, scales)
-    out: List[Candidate] = [None] * angles.numel()  # type: ignore[list-item]  (filled in the input's order)
-    for start in range(0, len(primaries), chunk):
-        ids = primaries[start:start + chunk]
+
+    def score_chunk(ids: List[int]) -> List[Tuple[int, Candidate]]:
+        """``(index, candidate)`` of the linear parts ``ids`` (primaries) and of their half-turn partners."""
         warped = level.warp_moving(torch.einsum("pqj,nij->npqi", canvas, _linear_parts(angles[ids], scales[ids])))
         features = gradient_features(warped[:, 0], warped[:, 1], centred=centred)  # n x 3 x P x Q
         valid = (warped[:, 1] > 0.5).float()
@@ -175,8 +177,16 @@ def best_shifts(level: Level, angles: torch.Tensor, scales: torch.Tensor, max_sh
         top, best = score.max(1)
         z = ((top.double() - mean.double()) / std.double().clamp_min(1e-9)).tolist()
         shifts = torch.einsum("nij,nj->ni", _linear_parts(angles[ids], scales[ids]), allowed_shift[best])
-        for k, i in enumerate(ids):
-            out[i] = Candidate(float(angles[i]), float(scales[i]), shifts[k], z[k])
+        return [(i, Candidate(float(angles[i]), float(scales[i]), shifts[k], z[k])) for k, i in enumerate(ids)]
+
+    chunks = [primaries[start:start + chunk] for start in range(0, len(primaries), chunk)]
+    # Whole chunks shared between the task threads (core/tasks.py): the same arithmetic as one after the other.
+    parts = together(*[lambda part=part: [pair for ids in part for pair in score_chunk(ids)]
+                       for part in split(chunks, task_count())])
+    out: List[Candidate] = [None] * angles.numel()  # type: ignore[list-item]  (filled in the input's order)
+    for part in parts:
+        for i, candidate in part:
+            out[i] = candidate
     return out
 
 
@@ -227,7 +237,10 @@ def compass_search(level: Level, starts: Sequence[Candidate], steps: Sequence[fl
     for _ in range(iterations):
         trial = params[:, None] + moves[None] * step[:, None]  # S x 8 x 4
         trial[..., 1] = torch.minimum(torch.maximum(trial[..., 1], lo), hi)
-        scores = ngf(level, similarity_matrices(trial.reshape(-1, 4)), centred=REFINE_CENTRED).view(-1, 8).double()
+        matrices = similarity_matrices(trial.reshape(-1, 4))
+        scores = torch.cat(together(*[lambda part=part: ngf(level, part, centred=REFINE_CENTRED)
+                                      for part in matrices.split(-(-len(matrices) // task_count()))]))
+        scores = scores.view(-1, 8).double()
         best = scores.argmax(1)
         improved = scores[rows, best] > score
         params = torch.where(improved[:, None], trial[rows, best], params)

@@ -72,13 +72,17 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     written. Raises :class:`~drmime_pl.errors.DrmimeError` subclasses for bad input and failed
     runs; no ``transform.json`` is written then.
     """
+    from ..core.tasks import workers
+
     started = time.perf_counter()  # wall_seconds: the whole call, up to just before transform.json is written
-    result, pair, out_dir, plain = _register_once(cfg, fixed, moving, fixed_mask, callbacks, device_index, started)
-    result = further_opinions(cfg, result, pair, fixed, moving, fixed_mask, device_index, started)
-    if out_dir is not None:
-        write_result(cfg, result, pair, out_dir, started)
-    else:
-        result.wall_seconds = time.perf_counter() - started
+    with workers(cfg.fit.workers):  # threads for the parts that run at once (core/tasks.py)
+        result, pair, out_dir, plain = _register_once(cfg, fixed, moving, fixed_mask, callbacks, device_index,
+                                                      started)
+        result = further_opinions(cfg, result, pair, fixed, moving, fixed_mask, device_index, started)
+        if out_dir is not None:
+            write_result(cfg, result, pair, out_dir, started)
+        else:
+            result.wall_seconds = time.perf_counter() - started
     if plain:
         from .progress import done_line
 

@@ -16,7 +16,6 @@ With ``logging.enabled`` the batch gets one TensorBoard run (loss, active pairs,
 from __future__ import annotations
 
 import copy
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..core.geometry import TRANSFORM_DOFS
+from ..core.tasks import cpu_count
 from ..errors import ConfigError, RegistrationError, RegistrationInterrupted
 from ..io.images import ImageLike
 from .memory import keep_freed_memory
@@ -85,7 +85,7 @@ def fit_batches(cfg: DictConfig, pairs: Sequence[PairSpec], batch_size: int,
     if not batches:
         return
     keep_freed_memory()  # as fit does: training/memory.py
-    workers = int(cfg.fit.workers) or _cores()
+    workers = int(cfg.fit.workers) or cpu_count()
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if workers > 1 else (int(cfg.fit.threads) or threads))
     background = ThreadPoolExecutor(1)
@@ -125,6 +125,7 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
     """The batch's shared optimisation, then each pair's :func:`~drmime_pl.training.fit.finish`, a second opinion
     and then a rigid one for the suspect ones (:func:`~drmime_pl.training.fit.further_opinions`, one after the
     other), and their files."""
+    from ..core.tasks import workers as task_workers
     from .fit import finish, further_opinions, write_result
 
     results = list(prepared)
@@ -157,13 +158,14 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
                       bool(stopping.converged[n]), started), pair
 
     finished = dict(zip(ready, _each(finish_one, range(len(ready)), workers)))
-    for i, done in finished.items():
-        if isinstance(done, Exception):
-            continue
-        result, pair = done
-        own_cfg, spec = results[i][2], results[i][3]
-        finished[i] = (further_opinions(own_cfg, result, pair, spec.fixed, spec.moving, spec.fixed_mask, device_index,
-                                        started), pair)
+    with task_workers(workers):  # one pair at a time: its parts share the workers (core/tasks.py)
+        for i, done in finished.items():
+            if isinstance(done, Exception):
+                continue
+            result, pair = done
+            own_cfg, spec = results[i][2], results[i][3]
+            finished[i] = (further_opinions(own_cfg, result, pair, spec.fixed, spec.moving, spec.fixed_mask,
+                                            device_index, started), pair)
 
     def write_one(i: int):
         done = finished[i]
@@ -182,18 +184,6 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
     return results
 
 
-def _cores() -> int:
-    """This process's share of the CPU cores: all of them, or 1/k with ``k`` processes on this machine
-    (``LOCAL_WORLD_SIZE``, set by Lightning's launcher and torchrun: ``evaluate --devices k``)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        processes = 1
-    return max(1, cores // processes)
 
 
 def _each(fn, items, workers: int) -> list:

@@ -1,0 +1,74 @@
+"""Parts of a registration on several threads (``core/tasks.py``, ``fit.workers``): they run at once, failures
+surface, and the result and files are exactly those of one thread."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import drmime_pl
+from drmime_pl.core import tasks
+
+from .conftest import write_shifted_pair
+
+
+def test_together_runs_the_calls_at_once_with_two_workers_and_keeps_their_order():
+    meet = threading.Barrier(2, timeout=10)  # passes only when both calls wait on it at the same time
+
+    def call(value):
+        def run():
+            meet.wait()
+            return value, threading.get_ident()
+        return run
+
+    with tasks.workers(2):
+        (first, first_thread), (second, second_thread) = tasks.together(call("a"), call("b"))
+    assert (first, second) == ("a", "b")
+    assert first_thread == threading.get_ident() != second_thread
+
+
+def test_one_worker_runs_every_call_here_one_after_the_other():
+    with tasks.workers(1):
+        threads = tasks.together(threading.get_ident, threading.get_ident, threading.get_ident)
+    assert threads == [threading.get_ident()] * 3
+    assert tasks.together(threading.get_ident, threading.get_ident) == [threading.get_ident()] * 2  # the default
+
+
+def test_the_first_failure_in_order_is_raised_once_every_call_has_finished():
+    finished = []
+
+    def slow_then_fail():
+        time.sleep(0.2)
+        finished.append("second")
+        raise KeyError("second")
+
+    def fail():
+        raise ValueError("first")
+
+    with tasks.workers(2), pytest.raises(ValueError, match="first"):
+        tasks.together(fail, slow_then_fail)
+    assert finished == ["second"]
+
+
+def test_split_keeps_every_item_in_order():
+    items = list(range(11))
+    for parts in (1, 2, 3, 11, 20):
+        pieces = tasks.split(items, parts)
+        assert [x for piece in pieces for x in piece] == items
+        assert len(pieces) == min(parts, len(items)) and all(pieces)
+
+
+def test_a_registration_on_two_workers_equals_one_on_one_bit_for_bit(tmp_path):
+    fixed, moving = write_shifted_pair(tmp_path, seed=3, dx=4.0, dy=-3.0)
+    quick = ["fit.max_steps=30", "fit.min_steps=10", "logging.progress_bar=false"]
+    results = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        results[workers] = (drmime_pl.register(str(fixed), str(moving), output_dir=str(out),
+                                               overrides=quick + [f"fit.workers={workers}"]), out)
+    (one, out_one), (two, out_two) = results[1], results[2]
+    np.testing.assert_array_equal(one.matrix, two.matrix)  # search, polish and verdict: the same arithmetic
+    assert one.quality == two.quality
+    for name in ("warped.png", "overlay.png", "transform.tfm", "TransformParameters.txt"):
+        assert (out_one / name).read_bytes() == (out_two / name).read_bytes(), name
+    assert not list(out_two.glob(".pending*"))
