@@ -7,7 +7,8 @@
     PYTHONPATH=. python benchmarks/speed.py --pairs none --per-step  # ms per step at 1x and 4x the pixels
 
 Options: ``--pairs table,jiang`` (sections; ``none`` for neither), ``--limit N`` (first N Jiang pairs),
-``--no-cli``, ``--no-elastix``, ``--no-imports``, ``--threads N`` (default 1), ``--data DIR`` (default
+``--no-cli``, ``--no-elastix``, ``--no-imports``, ``--threads N`` (default 1), ``--workers N`` (default 1),
+``--data DIR`` (default
 ``../shared/data`` beside the repository), ``--elastix-params FILE``, ``--per-step [--steps S]``, ``--out DIR``.
 
 Pairs: the issue's table (BIRL rat kidney HE -> PanCytokeratin from samples/birl with its landmark CSVs; FIRE A01,
@@ -15,15 +16,19 @@ A01_1 fixed, with FIRE's control points, from ``DATA/fire``; Jiang Retina_101, V
 ``DATA/real/jiang/pairs.csv`` (landmark CSVs ``,X,Y``, 0-based pixels; point i of the fixed file matches point i of
 the moving file, up to the shorter file).
 
-What is run, per pair, one after the other (API, command line, elastix), on the same files:
-- **API**: ``drmime_pl.register(fixed, moving, overrides=["fit.threads=N"])`` in this one long-lived process
-  (the default config = ``configs/default.yaml``; nothing written to disk). A first warm-up call (BIRL artificial
-  pair, 20 steps) is made before any timing and is excluded. torch.set_num_threads(N) in this process.
+What is run, per pair, one after the other (API, command line, elastix), on the same files. ``--threads N`` is
+torch's threads (``fit.threads``), ``--workers W`` drmime_pl's threads for the parts of a pair that run at once
+(``fit.workers``; the default config has 0, one per core); elastix gets ``-threads`` the larger of the two, so that
+both tools may use the same cores. With ``--workers 1`` (the default here) each tool runs on one core.
+- **API**: ``drmime_pl.register(fixed, moving, overrides=["fit.threads=N", "fit.workers=W"])`` in this one
+  long-lived process (the default config = ``configs/default.yaml``; nothing written to disk). A first warm-up call
+  (BIRL artificial pair, 20 steps) is made before any timing and is excluded. torch.set_num_threads(N) in this
+  process.
 - **CLI**: ``python -m drmime_pl.fit --config configs/default.yaml data.fixed=... data.moving=... output.dir=...
-  logging.enabled=false fit.threads=N``, a whole process (Python start-up, imports, reading, registration, writing
-  transform.json, the warped image and the overlay).
-- **elastix**: ``elastix -f fixed -m moving -p benchmarks/speed_elastix/affine.txt -out DIR -threads N``, a whole
-  process: elastix 5 from PATH with its default affine parameter map (the file is itk-elastix's
+  logging.enabled=false fit.threads=N fit.workers=W``, a whole process (Python start-up, imports, reading,
+  registration, writing transform.json, the warped image and the overlay).
+- **elastix**: ``elastix -f fixed -m moving -p benchmarks/speed_elastix/affine.txt -out DIR -threads max(N, W)``, a
+  whole process: elastix 5 from PATH with its default affine parameter map (the file is itk-elastix's
   ``GetDefaultParameterMap("affine")`` written out), which writes its warped image (result.0.nii) and
   TransformParameters.0.txt. elastix is given the same PNG/JPEG files as drmime_pl: ITK's readers convert colour
   to grey (luminance) when elastix reads them into its float images, so there is no conversion step to count.
@@ -330,12 +335,13 @@ def elastix_version(binary: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ runs
-def run_api(fixed: Path, moving: Path, threads: int) -> dict:
+def run_api(fixed: Path, moving: Path, threads: int, workers: int) -> dict:
     row = {}
     start = time.perf_counter()
     try:
         with PeakRSS() as memory:
-            reg = drmime_pl.register(str(fixed), str(moving), overrides=[f"fit.threads={threads}"])
+            reg = drmime_pl.register(str(fixed), str(moving),
+                                     overrides=[f"fit.threads={threads}", f"fit.workers={workers}"])
         row["api_s"] = time.perf_counter() - start
         row["api_peak_rss_mb"] = memory.peak / 1e6
         row["api_steps"] = reg.steps
@@ -347,11 +353,12 @@ def run_api(fixed: Path, moving: Path, threads: int) -> dict:
     return row
 
 
-def run_cli(fixed: Path, moving: Path, threads: int, work: Path) -> dict:
+def run_cli(fixed: Path, moving: Path, threads: int, workers: int, work: Path) -> dict:
     out = work / "cli"
     config = str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else "default"
     cmd = [sys.executable, "-m", "drmime_pl.fit", "--config", config, f"data.fixed={fixed}",
-           f"data.moving={moving}", f"output.dir={out}", "logging.enabled=false", f"fit.threads={threads}"]
+           f"data.moving={moving}", f"output.dir={out}", "logging.enabled=false", f"fit.threads={threads}",
+           f"fit.workers={workers}"]
     seconds, rss, cpu, rc = run_process(cmd, work / "cli.log", env=child_env())
     row = {"cli_s": seconds, "cli_peak_rss_mb": mb(rss), "cli_cpu_s": cpu, "cli_rc": rc}
     try:
@@ -388,14 +395,16 @@ def run_pair(args, name, fixed, moving, fixed_lm, moving_lm, section, keep: Path
     points = landmarks(fixed_lm, moving_lm)
     row = {"section": section, "pair": name, "fixed": str(fixed), "moving": str(moving), "width": size[0],
            "height": size[1], "landmarks": 0 if points is None else len(points[0]), "threads": args.threads,
+           "workers": args.workers,
            "load_before": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory(prefix="drmime-speed-") as tmp:
         work = Path(tmp)
-        row.update(run_api(fixed, moving, args.threads))
+        row.update(run_api(fixed, moving, args.threads, args.workers))
         if not args.no_cli:
-            row.update(run_cli(fixed, moving, args.threads, work))
+            row.update(run_cli(fixed, moving, args.threads, args.workers, work))
         if args.elastix:
-            row.update(run_elastix(args.elastix, args.elastix_params, fixed, moving, args.threads, work))
+            row.update(run_elastix(args.elastix, args.elastix_params, fixed, moving, max(args.threads, args.workers),
+                                   work))
         if keep is not None:  # the small outputs, to look into a row afterwards
             dest = keep / re.sub(r"[^\w.-]+", "_", f"{section}-{name}")
             dest.mkdir(parents=True, exist_ok=True)
@@ -496,7 +505,7 @@ def print_summary(rows, args):
           "loop of whole processes; median rTRE over the pairs with landmarks, failed runs excluded)")
 
 
-CSV_COLUMNS = ["section", "pair", "width", "height", "landmarks", "threads", "load_before",
+CSV_COLUMNS = ["section", "pair", "width", "height", "landmarks", "threads", "workers", "load_before",
                "api_s", "cli_s", "elastix_s", "ratio_api_elastix", "ratio_cli_elastix",
                "api_rtre_pct", "cli_rtre_pct", "elastix_rtre_pct", "api_success", "cli_success", "elastix_success",
                "api_tre_px", "cli_tre_px", "elastix_tre_px", "api_peak_rss_mb", "cli_peak_rss_mb",
@@ -565,7 +574,7 @@ def per_step_section(args, rows):
     fixed = np.asarray(Image.open(kidney / "Rat-Kidney_HE.jpg").convert("RGB"))
     moving = np.asarray(Image.open(kidney / "Rat-Kidney_PanCytokeratin.jpg").convert("RGB"))
     up = lambda a: np.asarray(Image.fromarray(a).resize((2 * a.shape[1], 2 * a.shape[0]), Image.BILINEAR))  # noqa
-    overrides = [f"fit.threads={args.threads}", f"fit.max_steps={args.steps}"]
+    overrides = [f"fit.threads={args.threads}", f"fit.workers={args.workers}", f"fit.max_steps={args.steps}"]
     body, per_step = [], {}
     for label, f, m in (("1x", fixed, moving), ("4x", up(fixed), up(moving))):
         try:  # without the stopping rule where the config still has that key
@@ -592,6 +601,8 @@ def main():
     parser.add_argument("--no-elastix", action="store_true", help="skip elastix")
     parser.add_argument("--no-imports", action="store_true", help="skip the import-time section")
     parser.add_argument("--threads", type=int, default=1, help="threads of torch (API, CLI) and elastix")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="drmime_pl's fit.workers (API, CLI); elastix gets -threads max(--threads, --workers)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
                         help="folder with fire/ and real/jiang/ (default: ../shared/data)")
     parser.add_argument("--elastix-params", type=Path, default=ELASTIX_PARAMS)
@@ -613,8 +624,8 @@ def main():
           f"{os.getloadavg()[0]:.2f}")
     print(f"- drmime_pl {drmime_pl.__version__} from {PKG_ROOT}; torch {torch.__version__}, Python "
           f"{sys.version.split()[0]}")
-    print(f"- threads: {args.threads} (API: torch.set_num_threads + fit.threads; CLI: fit.threads; elastix: "
-          f"-threads)")
+    print(f"- threads: {args.threads} (API: torch.set_num_threads + fit.threads; CLI: fit.threads), workers: "
+          f"{args.workers} (fit.workers); elastix: -threads {max(args.threads, args.workers)}")
     if args.elastix:
         print(f"- elastix {elastix_version(args.elastix)} ({args.elastix}), default affine parameter map "
               f"{args.elastix_params.relative_to(ROOT) if args.elastix_params.is_relative_to(ROOT) else args.elastix_params}"
@@ -631,7 +642,8 @@ def main():
     if sections or args.per_step:
         drmime_pl.register(str(BIRL / "images/artificial_reference.jpg"),
                            str(BIRL / "images/artificial_moving-affine.jpg"),
-                           overrides=[f"fit.threads={args.threads}", "fit.max_steps=20"])  # warm-up, excluded
+                           overrides=[f"fit.threads={args.threads}", f"fit.workers={args.workers}",
+                                      "fit.max_steps=20"])  # warm-up, excluded
     if "table" in sections:
         done = pairs_section(args, "Table pairs", list(table_pairs(args.data)), rows, keep)
         print_table(done, args)
