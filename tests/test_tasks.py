@@ -72,3 +72,19 @@ def test_a_registration_on_two_workers_equals_one_on_one_bit_for_bit(tmp_path):
     for name in ("warped.png", "overlay.png", "transform.tfm", "TransformParameters.txt"):
         assert (out_one / name).read_bytes() == (out_two / name).read_bytes(), name
     assert not list(out_two.glob(".pending*"))
+
+
+def test_an_interruption_waits_for_the_other_calls_and_comes_first():
+    finished = []
+
+    def slow():
+        time.sleep(0.2)
+        finished.append("helper")
+        raise ValueError("helper")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with tasks.workers(2), pytest.raises(KeyboardInterrupt):
+        tasks.together(interrupted, slow)
+    assert finished == ["helper"]  # nothing left running behind the caller's back

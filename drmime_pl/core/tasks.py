@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextvars import ContextVar
 from typing import Callable, Iterator, List, Sequence, TypeVar
 
@@ -58,7 +58,7 @@ def _pool() -> ThreadPoolExecutor:
 def together(*calls: Callable[[], T]) -> List[T]:
     """``[call() for call in calls]``, the first in this thread and the others on up to :func:`count` - 1 pool
     threads at the same time (those past them here, after the first). When calls raise, the first of them in
-    order is raised once all have finished."""
+    order is raised once all have finished (an interruption before any error)."""
     if len(calls) <= 1 or _WORKERS.get() <= 1:
         return [call() for call in calls]
     helpers = min(len(calls) - 1, _WORKERS.get() - 1)
@@ -66,8 +66,18 @@ def together(*calls: Callable[[], T]) -> List[T]:
     outcomes: list = [None] * len(calls)
     for i in [0] + list(range(1 + helpers, len(calls))):
         outcomes[i] = _outcome(calls[i])
+    interrupted = None
     for i, future in futures.items():
+        while not future.done():
+            try:
+                wait([future])
+            except BaseException as exc:  # noqa: BLE001 - Ctrl-C or a stop signal: wait on, so that no call is left
+                interrupted = interrupted or exc  # running (and writing files) behind the caller's back
         outcomes[i] = _outcome(future.result)
+    # An interruption (KeyboardInterrupt, a stop signal) comes first: it is why the others may have failed.
+    interrupted = interrupted or next((v for failed, v in outcomes if failed and not isinstance(v, Exception)), None)
+    if interrupted is not None:
+        raise interrupted
     for failed, value in outcomes:
         if failed:
             raise value
