@@ -1,14 +1,14 @@
-"""Independent parts of one registration at once, on Python threads: both images' preparation, both directions of a
-symmetric score, the search's candidates.
+"""Independent parts of one registration at once, on Python threads: both images' preparation, the search's
+candidates, both directions of a symmetric score, the output files.
 
 torch's own threads (``fit.threads``) share every small operation and spin while they wait for each other: beside
 another busy process that made runs several times slower. Here each thread runs whole operations of its own part,
 single-threaded, and torch releases the GIL while they compute, so a second core shortens the run and a busy one
 costs only the time-sharing (fifteenth round, ``benchmarks/RESULTS.md``).
 
-How many threads a call may use is :func:`workers` (``fit.workers`` of a single-pair run, 1 by default and inside
-batched runs, which already spread their pairs over the cores). Work sent to the pool's threads runs serially
-there, so nested calls never wait on the pool.
+How many threads a call may use is set by :func:`workers`: a one-pair run sets it to ``fit.workers`` (default: one
+per core); elsewhere it is 1, as in the workers of a batched run, which already spread its pairs over the cores.
+Work sent to the pool's threads runs serially there, so nested calls never wait on the pool.
 """
 from __future__ import annotations
 
