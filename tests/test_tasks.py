@@ -34,20 +34,22 @@ def test_one_worker_runs_every_call_here_one_after_the_other():
     assert tasks.together(threading.get_ident, threading.get_ident) == [threading.get_ident()] * 2  # the default
 
 
-def test_the_first_failure_in_order_is_raised_once_every_call_has_finished():
+@pytest.mark.parametrize("helper_raises, expected", [(KeyError, ValueError), (KeyboardInterrupt, KeyboardInterrupt)])
+def test_failures_are_raised_once_every_call_has_finished(helper_raises, expected):
+    """The first failure in order is raised, an interruption (Ctrl-C, a stop signal) before any error."""
     finished = []
-
-    def slow_then_fail():
-        time.sleep(0.2)
-        finished.append("second")
-        raise KeyError("second")
 
     def fail():
         raise ValueError("first")
 
-    with tasks.workers(2), pytest.raises(ValueError, match="first"):
+    def slow_then_fail():
+        time.sleep(0.2)
+        finished.append("helper")  # nothing is left running behind the caller's back
+        raise helper_raises("helper")
+
+    with tasks.workers(2), pytest.raises(expected):
         tasks.together(fail, slow_then_fail)
-    assert finished == ["second"]
+    assert finished == ["helper"]
 
 
 def test_split_keeps_every_item_in_order():
@@ -73,18 +75,3 @@ def test_a_registration_on_two_workers_equals_one_on_one_bit_for_bit(tmp_path):
         assert (out_one / name).read_bytes() == (out_two / name).read_bytes(), name
     assert not list(out_two.glob(".pending*"))
 
-
-def test_an_interruption_waits_for_the_other_calls_and_comes_first():
-    finished = []
-
-    def slow():
-        time.sleep(0.2)
-        finished.append("helper")
-        raise ValueError("helper")
-
-    def interrupted():
-        raise KeyboardInterrupt
-
-    with tasks.workers(2), pytest.raises(KeyboardInterrupt):
-        tasks.together(interrupted, slow)
-    assert finished == ["helper"]  # nothing left running behind the caller's back
