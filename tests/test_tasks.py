@@ -1,5 +1,7 @@
 """Parts of a registration on several threads (``core/tasks.py``, ``fit.workers``): they run at once, failures
 surface, and the result and files are exactly those of one thread."""
+import os
+import signal
 import threading
 import time
 
@@ -50,6 +52,34 @@ def test_failures_are_raised_once_every_call_has_finished(helper_raises, expecte
     with tasks.workers(2), pytest.raises(expected):
         tasks.together(fail, slow_then_fail)
     assert finished == ["helper"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_a_signal_while_waiting_for_a_helper_waits_for_it_then_stops():
+    class Stop(BaseException):  # as the stop signals' handler raises (training/signals.py)
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    finished = []
+
+    def helper():
+        time.sleep(0.5)
+        finished.append("helper")
+        return 2
+
+    def here():  # returns at once: the signal arrives while this thread waits for the helper
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        return 1
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with tasks.workers(2), pytest.raises(Stop):
+            tasks.together(here, helper)
+        assert finished == ["helper"]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_split_keeps_every_item_in_order():
