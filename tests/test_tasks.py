@@ -105,3 +105,19 @@ def test_a_registration_on_two_workers_equals_one_on_one_bit_for_bit(tmp_path):
         assert (out_one / name).read_bytes() == (out_two / name).read_bytes(), name
     assert not list(out_two.glob(".pending*"))
 
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_forked_child_runs_its_parts_on_its_own_threads():
+    with tasks.workers(2):
+        tasks.together(lambda: 1, lambda: 2)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: without a pool of its own the helper's call would wait forever
+        done = threading.Event()
+        threading.Timer(20, lambda: done.is_set() or os._exit(3)).start()
+        with tasks.workers(2):
+            ok = tasks.together(lambda: 1, lambda: 2) == [1, 2]
+        done.set()
+        os._exit(0 if ok else 4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 _WORKERS: ContextVar[int] = ContextVar("drmime_pl_task_workers", default=1)
 _POOL: List[ThreadPoolExecutor] = []  # made on first use, one for the process
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads: it makes its own pool
+    os.register_at_fork(after_in_child=_POOL.clear)
 
 
 def cpu_count() -> int:
