@@ -184,8 +184,6 @@ def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> Lis
     return results
 
 
-
-
 def _each(fn, items, workers: int) -> list:
     """``[fn(x) for x in items]`` with each exception in its item's place, on up to ``workers`` threads (torch
     releases the GIL while it computes, so single-threaded workers use a core each)."""
