@@ -6,6 +6,7 @@ commands, with the success rate of each so that speed is never bought with accur
     PYTHONPATH=. python benchmarks/batch_throughput.py --runs "--batch-size 1" "--batch-size 4 --devices 2"
     PYTHONPATH=. python benchmarks/batch_throughput.py --out benchmarks/results/batch   # also batch.csv, pairs
     PYTHONPATH=. python benchmarks/batch_throughput.py --batch-sizes 4 --elastix       # and an elastix loop
+    PYTHONPATH=. python benchmarks/batch_throughput.py --batch-sizes "" --fit-list --fit-loop --elastix
 
 Each run is one whole process, ``python -m drmime_pl.evaluate --pairs PAIRS --out DIR <run options>`` with the
 default config (logging on: TensorBoard and checkpoints, as a user runs it), timed by the wall clock, its peak RSS
@@ -17,6 +18,12 @@ run).
 <= 1%. ``--data synthetic``: the synthetic pairs that ``benchmarks/compare.py`` cached in ``benchmarks/cache``
 (``syn-same``, ``syn-multi``; run compare.py with ``--syn-seeds 2`` once to make them), written as a pairs CSV with
 landmark files into a temporary folder; success at 0.5% as in RESULTS.md. ``--data FILE.csv``: any pairs CSV.
+
+``--fit-list``: also one ``python -m drmime_pl.fit --pairs PAIRS --out DIR`` (every pair registered in one process,
+batches of 4, the default config with logging on, writing each pair's files); ``--fit-loop``: also a shell-style
+loop of ``python -m drmime_pl.fit data.fixed=... data.moving=... output.dir=...`` processes, one per pair. Their
+accuracy comes from the matrices they wrote (``results.csv``, ``transform.json``) and the landmarks. Together with
+``--elastix`` they compare the three ways a command-line user registers a list.
 
 ``--elastix``: after the runs, a shell-style loop of ``elastix`` processes over the same pairs (elastix from PATH,
 its default affine parameter map ``benchmarks/speed_elastix/affine.txt``, ``-threads <all cores>``, writing
@@ -72,18 +79,76 @@ def synthetic_pairs_csv(folder: Path) -> Path:
 
 def run_once(pairs: Path, options: str, out: Path) -> dict:
     cmd = [sys.executable, "-m", "drmime_pl.evaluate", "--pairs", str(pairs), "--out", str(out)] + shlex.split(options)
-    rss_file = out.parent / f"{out.name}.rss"
+    proc, seconds, rss = _timed(cmd, out.parent / f"{out.name}.rss")
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
+    with (out / "pairs.csv").open(newline="") as fh:
+        rows = {r["name"]: r for r in csv.DictReader(fh)}
+    return {"seconds": seconds, "rss_mb": rss, "rows": rows}
+
+
+def _accuracy(pairs_csv: Path, matrices: dict, threshold: float) -> dict:
+    """``name -> success`` (median rTRE <= threshold) for ``matrices`` (name -> 3 x 3 fixed px -> moving px, or
+    None for a failed pair) against the pairs' landmarks."""
+    import numpy as np
+
+    from drmime_pl.evaluation.datasets import read_pairs_csv, read_points
+    from drmime_pl.evaluation.metrics import image_diagonal, tre
+    from drmime_pl.evaluation.sources import image_size
+
+    ok = {}
+    for pair in read_pairs_csv(pairs_csv):
+        matrix = matrices.get(pair.name)
+        if matrix is None:
+            ok[pair.name] = False
+            continue
+        fixed, moving = read_points(pair)
+        errors = tre(np.asarray(matrix, dtype=np.float64), fixed, moving)
+        ok[pair.name] = bool(np.median(errors) / image_diagonal(image_size(pair.fixed_image)) <= threshold)
+    return ok
+
+
+def _timed(cmd, rss_file: Path):
+    """Run ``cmd`` (a whole process, drmime_pl from this checkout) under GNU time: (seconds, peak RSS MB)."""
     timed = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file)] + cmd if Path("/usr/bin/time").exists() else cmd
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.perf_counter()
     proc = subprocess.run(timed, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
     rss = float(rss_file.read_text().split()[-1]) / 1000 if rss_file.exists() else float("nan")
-    with (out / "pairs.csv").open(newline="") as fh:
-        rows = {r["name"]: r for r in csv.DictReader(fh)}
-    return {"seconds": seconds, "rss_mb": rss, "rows": rows}
+    return proc, seconds, rss
+
+
+def fit_list(pairs_csv: Path, tmp: Path, threshold: float, extra) -> dict:
+    """Every pair in one ``python -m drmime_pl.fit --pairs`` process."""
+    out = tmp / "fit_list"
+    proc, seconds, rss = _timed([sys.executable, "-m", "drmime_pl.fit", "--pairs", str(pairs_csv), "--out", str(out)]
+                                + list(extra), tmp / "fit_list.rss")
+    if proc.returncode not in (0, 1):  # 1: some pair failed, its row says why
+        sys.exit(f"fit --pairs exited with {proc.returncode}:\n{proc.stderr[-2000:]}")
+    with (out / "results.csv").open(newline="") as fh:
+        matrices = {r["name"]: json.loads(r["matrix"]) if r["matrix"] else None for r in csv.DictReader(fh)}
+    ok = _accuracy(pairs_csv, matrices, threshold)
+    return {"options": "fit --pairs (one process)", "seconds": seconds, "rss_mb": rss, "ok": ok, "n": len(ok),
+            "successes": sum(ok.values())}
+
+
+def fit_loop(pairs_csv: Path, tmp: Path, threshold: float, extra) -> dict:
+    """Every pair through its own ``python -m drmime_pl.fit`` process, one after another."""
+    from drmime_pl.evaluation.datasets import read_pairs_csv
+
+    matrices, seconds, peak = {}, 0.0, 0.0
+    for pair in read_pairs_csv(pairs_csv):
+        out = tmp / "fit_loop" / pair.name
+        proc, s, rss = _timed([sys.executable, "-m", "drmime_pl.fit", f"data.fixed={pair.fixed_image}",
+                               f"data.moving={pair.moving_image}", f"output.dir={out}"] + list(extra),
+                              tmp / "fit_loop.rss")
+        seconds, peak = seconds + s, max(peak, rss)
+        done = out / "transform.json"
+        matrices[pair.name] = json.loads(done.read_text())["matrix"] if proc.returncode == 0 and done.exists() else None
+    ok = _accuracy(pairs_csv, matrices, threshold)
+    return {"options": "fit loop (process per pair)", "seconds": seconds, "rss_mb": peak, "ok": ok, "n": len(ok),
+            "successes": sum(ok.values())}
 
 
 def elastix_loop(pairs_csv: Path, tmp: Path, threshold: float) -> dict:
@@ -126,6 +191,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threshold", type=float, default=None, help="success rTRE (default 0.01, synthetic 0.005)")
     parser.add_argument("--out", default=None, help="also write batch.csv and each run's pairs.csv here")
     parser.add_argument("--elastix", action="store_true", help="also time a loop of elastix processes")
+    parser.add_argument("--fit-list", action="store_true", help="also time one 'python -m drmime_pl.fit --pairs'")
+    parser.add_argument("--fit-loop", action="store_true", help="also time a loop of 'python -m drmime_pl.fit'")
     parser.add_argument("overrides", nargs="*", help="config overrides passed to every run")
     args = parser.parse_args(argv)
 
@@ -137,7 +204,7 @@ def main(argv=None) -> int:
     else:
         pairs, threshold = Path(args.data).resolve(), 0.01
     threshold = args.threshold or threshold
-    runs = args.runs or [f"--batch-size {n}" for n in args.batch_sizes.split(",")]
+    runs = args.runs or [f"--batch-size {n}" for n in args.batch_sizes.split(",") if n]
     extra = " ".join(shlex.quote(o) for o in args.overrides)
     print(f"pairs: {pairs}; success: median rTRE <= {threshold:g}; load average before: "
           f"{os.getloadavg()[0]:.2f}; torch threads per process: the config's (fit.threads, fit.workers)")
@@ -151,6 +218,12 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"  {options}: {r['seconds']:.1f} s, {60 * r['n'] / r['seconds']:.1f} pairs/min, "
               f"{r['successes']}/{r['n']} successes", flush=True)
+    for wanted, timing in ((args.fit_list, fit_list), (args.fit_loop, fit_loop)):
+        if wanted:
+            r = timing(pairs, tmp, threshold, args.overrides)
+            results.append(r)
+            print(f"  {r['options']}: {r['seconds']:.1f} s, {60 * r['n'] / r['seconds']:.1f} pairs/min, "
+                  f"{r['successes']}/{r['n']} successes", flush=True)
     if args.elastix:
         r = elastix_loop(pairs, tmp, threshold)
         results.append(r)

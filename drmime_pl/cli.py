@@ -10,7 +10,8 @@ Exit statuses (``EXIT_*``):
 
 ======  =====================================================================================================
 0       finished (``evaluate``: failed pairs included)
-1       ``fit``: the registration failed (``RegistrationError``: NaN loss, degenerate transform)
+1       ``fit``: the registration failed (``RegistrationError``: NaN loss, degenerate transform); ``fit --pairs``:
+        a pair failed (the others' results are written)
 2       bad input or usage: one line ``drmime_pl: error: ...`` (``DrmimeError``: files, config, checkpoint)
 130     SIGINT (Ctrl-C); 143 SIGTERM; 129 SIGHUP: 128 + the signal's number, after a clean stop
 ======  =====================================================================================================
@@ -36,10 +37,22 @@ EVAL_DEFAULTS = ("logging.progress_bar=false", "output.warped=false")
 # ---------------------------------------------------------------------------------------------------------------- fit
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+#: Defaults of ``fit --pairs`` after --config and before the command-line overrides: no Lightning progress bar
+#: between the per-pair lines.
+LIST_DEFAULTS = ("logging.progress_bar=false",)
+LIST_BATCH_SIZE = 4  # as evaluate's --batch-size
+
+
 def parse_fit_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m drmime_pl.fit",
-        description="Register a moving image to a fixed image by maximising MINE mutual information.",
+        description="Register a moving image to a fixed image by maximising MINE mutual information; with --pairs, "
+                    "every pair of a list, in one process.",
         epilog="Any key=value after the options overrides the config, e.g. data.fixed=a.png model.transform=affine\n"
                "(configs/default.yaml explains each key; pyramid level 0 is the finest). Keys and defaults:\n"
                + keys_help(),
@@ -48,8 +61,25 @@ def parse_fit_args(argv=None):
     parser.add_argument("--config", "-c", default=None,
                         help="YAML config file, or a packaged config by name: default, fire, anhir "
                              "(without it: the defaults of configs/default.yaml)")
+    parser.add_argument("--pairs", metavar="PAIRS.csv",
+                        help="register every pair of this list (columns name, fixed_image, moving_image; paths "
+                             "relative to its folder; other columns ignored) instead of data.fixed / data.moving")
+    parser.add_argument("--out", "-o", metavar="DIR",
+                        help="with --pairs (required there): DIR/results.csv and each pair's files in "
+                             "DIR/transforms/<name>/")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                        help="with --pairs: register N pairs at a time in one optimisation loop (default 4; 1: one "
+                             "after another, results equal to one-pair runs')")
+    parser.add_argument("--redo", action="store_true",
+                        help="with --pairs: register again the pairs an earlier run with the same --out and config "
+                             "finished (by default they are skipped)")
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides: section.key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.pairs and (args.out or args.redo or args.batch_size):
+        parser.error("--out, --batch-size and --redo go with --pairs (one pair: output.dir=DIR)")
+    if args.pairs and not args.out:
+        parser.error("--pairs needs --out DIR")
+    return args
 
 
 def fit_main(argv=None) -> int:
@@ -65,6 +95,8 @@ def _fit_main(argv=None) -> int:
     from .training.signals import exit_code, signal_name, signum_of
 
     args = parse_fit_args(argv)
+    if args.pairs:
+        return _fit_list(args)
     debug = any(o.replace(" ", "") in ("fit.debug=true", "fit.debug=True") for o in args.overrides)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -108,16 +140,67 @@ def _fit_main(argv=None) -> int:
     return 0
 
 
+def _fit_list_setup(args):
+    """``fit --pairs``: the config, the pairs and the output folder, everything checked before the first pair.
+    Raises DrmimeError."""
+    from .evaluation.datasets import read_pairs_csv
+    from .evaluation.sources import transform_by_registration
+
+    cfg = load_config(args.config, list(LIST_DEFAULTS) + list(args.overrides))
+    if cfg.fit.ckpt_path:
+        raise UsageError("fit.ckpt_path resumes one registration; it cannot be used with --pairs")
+    if cfg.data.fixed_mask:
+        raise UsageError("data.fixed_mask is the mask of one fixed image; it cannot be used with --pairs")
+    replaced = [key for key, value in (("data.fixed", cfg.data.fixed), ("data.moving", cfg.data.moving),
+                                       ("output.dir", cfg.output.dir)) if value]
+    if replaced:
+        print(f"drmime_pl: note: --pairs given, so {', '.join(replaced)} of the config "
+              f"{'is' if len(replaced) == 1 else 'are'} not used", file=sys.stderr)
+        cfg.data.fixed = cfg.data.moving = cfg.output.dir = None
+    pairs = read_pairs_csv(args.pairs, landmarks=False)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: --out exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    return cfg, pairs, out, transform_by_registration(cfg, out, redo=args.redo)
+
+
+def _fit_list(args) -> int:
+    """``python -m drmime_pl.fit --pairs PAIRS.csv --out DIR``: register every pair of the list
+    (:mod:`drmime_pl.evaluation.register_list`). Exit status 0 when every pair was registered, 1 when some failed
+    (their rows in ``results.csv`` say why), 2 for bad input before the first pair, 128 + the signal after an
+    interruption (the pairs done so far are in ``results.csv``)."""
+    from .evaluation.register_list import register_list, summary_line
+    from .training.signals import exit_code
+
+    debug = any(o.replace(" ", "").lower() == "fit.debug=true" for o in args.overrides)
+    try:
+        cfg, pairs, out, source = _fit_list_setup(args)
+    except DrmimeError as exc:
+        if debug:
+            raise
+        print(f"drmime_pl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows, interrupted = register_list(pairs, source, out, args.batch_size or LIST_BATCH_SIZE,
+                                      reraise=bool(cfg.fit.debug))
+    if not rows:
+        print("drmime_pl: interrupted before the first pair finished; nothing written", file=sys.stderr)
+        return exit_code(interrupted or 2)
+    print(summary_line(rows, len(pairs), out))
+    if interrupted:
+        print(f"drmime_pl: interrupted after {len(rows)} of {len(pairs)} pairs", file=sys.stderr)
+        return exit_code(interrupted)
+    return EXIT_FAILED if any(not r.ok for r in rows) else 0
+
+
 # ----------------------------------------------------------------------------------------------------------- evaluate
 
 
-class _EvaluateParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parse_evaluate_args(argv=None):
-    parser = _EvaluateParser(
+    parser = _OneLineParser(
         prog="python -m drmime_pl.evaluate",
         description="Register every pair of a landmark data set (ANHIR/BIRL pairs CSV or FIRE) and report TRE, "
                     "rTRE and success rates.",

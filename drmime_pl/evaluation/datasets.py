@@ -19,6 +19,8 @@ from ..errors import DrmimeError, UsageError
 from ..io.landmarks import read_fire_control_points, read_landmarks_csv
 
 REQUIRED_PAIR_COLUMNS = ("name", "fixed_image", "moving_image", "fixed_landmarks", "moving_landmarks")
+#: What a list of pairs to register only (``python -m drmime_pl.fit --pairs``) needs; landmark columns may be there.
+IMAGE_PAIR_COLUMNS = REQUIRED_PAIR_COLUMNS[:3]
 
 
 @dataclass
@@ -41,11 +43,14 @@ def _check_name(name: str, where: str) -> None:
         raise UsageError(f"{where}: pair name {name!r} must be a plain folder name (no / or \\)")
 
 
-def read_pairs_csv(path) -> List[Pair]:
+def read_pairs_csv(path, landmarks: bool = True) -> List[Pair]:
     """ANHIR/BIRL pair list. Raises :class:`UsageError` for a missing file, missing columns or bad names.
 
-    A row with an empty path cell stays in the list (it is reported as a failed pair).
+    A row with an empty path cell stays in the list (it is reported as a failed pair). ``landmarks=False``: only
+    ``name, fixed_image, moving_image`` are required (a list to register, not to score); landmark columns that are
+    there are read all the same.
     """
+    required = REQUIRED_PAIR_COLUMNS if landmarks else IMAGE_PAIR_COLUMNS
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: pairs file not found")
@@ -57,9 +62,9 @@ def read_pairs_csv(path) -> List[Pair]:
             rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UsageError(f"{path}: unreadable pairs file ({exc})") from None
-    missing = [c for c in REQUIRED_PAIR_COLUMNS if c not in fields]
+    missing = [c for c in required if c not in fields]
     if missing:
-        raise UsageError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(REQUIRED_PAIR_COLUMNS)}"
+        raise UsageError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(required)}"
                          " [, modality]")
     base = path.parent
     resolve = lambda cell: (base / cell) if cell else None  # noqa: E731 - absolute cells stay absolute
@@ -73,8 +78,9 @@ def read_pairs_csv(path) -> List[Pair]:
             raise UsageError(f"{path}, line {i}: pair name {name!r} appears twice")
         seen.add(name)
         pairs.append(Pair(name=name, group=row.get("modality", ""), fixed_image=resolve(row["fixed_image"]),
-                          moving_image=resolve(row["moving_image"]), fixed_landmarks=resolve(row["fixed_landmarks"]),
-                          moving_landmarks=resolve(row["moving_landmarks"])))
+                          moving_image=resolve(row["moving_image"]),
+                          fixed_landmarks=resolve(row.get("fixed_landmarks", "")),
+                          moving_landmarks=resolve(row.get("moving_landmarks", ""))))
     if not pairs:
         raise UsageError(f"{path}: no pairs listed")
     return pairs

@@ -2,8 +2,8 @@
 registration whose result files go to ``OUT/transforms/<pair name>/`` (skipped when an earlier run with the same
 configuration finished it).
 
-A source is a function ``Pair -> {matrix, fixed_shape, seconds, steps, suspect[, skipped]}``; the matrix maps a
-fixed-image pixel (x, y, 1) to the moving-image pixel, as ``Registration.matrix``.
+A source is a function ``Pair -> {matrix, fixed_shape, seconds, steps, suspect, reason[, skipped]}``; the matrix
+maps a fixed-image pixel (x, y, 1) to the moving-image pixel, as ``Registration.matrix``.
 """
 from __future__ import annotations
 
@@ -42,11 +42,13 @@ def read_transform(path: Path) -> dict:
         raise DrmimeError(f"{path}: {exc}") from None
     seconds = data.get("seconds")
     steps = data.get("steps")
-    suspect = (data.get("quality") or {}).get("suspect") if isinstance(data.get("quality"), dict) else None
+    quality = data.get("quality") if isinstance(data.get("quality"), dict) else {}
+    suspect, reason = quality.get("suspect"), quality.get("reason")
     return {"matrix": matrix, "fixed_shape": fixed_shape,
             "seconds": float(seconds) if isinstance(seconds, (int, float)) else math.nan,
             "steps": int(steps) if isinstance(steps, int) else None,
-            "suspect": bool(suspect) if isinstance(suspect, bool) else None}
+            "suspect": bool(suspect) if isinstance(suspect, bool) else None,
+            "reason": reason if isinstance(reason, str) else ""}
 
 
 def image_size(path: Optional[Path]) -> Optional[Tuple[int, int]]:
@@ -174,4 +176,5 @@ def _as_transform(result) -> dict:
     """A :class:`~drmime_pl.io.result.Registration` as a transform source's dict."""
     return {"matrix": check_matrix(result.matrix), "fixed_shape": tuple(int(v) for v in result.fixed_shape),
             "seconds": float(result.seconds), "steps": int(result.steps),
-            "suspect": result.quality.get("suspect") if result.quality else None}
+            "suspect": result.quality.get("suspect") if result.quality else None,
+            "reason": (result.quality or {}).get("reason") or ""}
