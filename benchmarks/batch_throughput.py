@@ -230,6 +230,8 @@ def main(argv=None) -> int:
         print(f"  elastix loop: {r['seconds']:.1f} s, {60 * r['n'] / r['seconds']:.1f} pairs/min, "
               f"{r['successes']}/{r['n']} successes", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}\n")
+    if not results:
+        sys.exit("nothing to time: give --batch-sizes, --runs, --fit-list, --fit-loop or --elastix")
     first = results[0]
     lines = ["| run | seconds | pairs / min | speed-up | peak RSS MB | success | differs from the first run |",
              "|---|---:|---:|---:|---:|---:|---|"]
