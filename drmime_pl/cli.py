@@ -62,8 +62,9 @@ def parse_fit_args(argv=None):
                         help="YAML config file, or a packaged config by name: default, fire, anhir "
                              "(without it: the defaults of configs/default.yaml)")
     parser.add_argument("--pairs", metavar="PAIRS.csv",
-                        help="register every pair of this list (columns name, fixed_image, moving_image; paths "
-                             "relative to its folder; other columns ignored) instead of data.fixed / data.moving")
+                        help="register every pair of this list (columns name, fixed_image, moving_image and "
+                             "optionally fixed_mask; paths relative to its folder; other columns ignored) instead "
+                             "of data.fixed / data.moving")
     parser.add_argument("--out", "-o", metavar="DIR",
                         help="with --pairs (required there): DIR/results.csv and each pair's files in "
                              "DIR/transforms/<name>/")
@@ -210,7 +211,7 @@ def parse_evaluate_args(argv=None):
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", metavar="PAIRS.csv", help="ANHIR/BIRL pair list (name, fixed_image, moving_image, "
-                     "fixed_landmarks, moving_landmarks[, modality]); paths relative to its folder")
+                     "fixed_landmarks, moving_landmarks[, modality, fixed_mask]); paths relative to its folder")
     src.add_argument("--fire", metavar="FIRE_DIR", help="FIRE folder (Images/, Ground Truth/)")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--transforms", metavar="DIR",

@@ -138,3 +138,27 @@ def test_bad_usage_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
     assert expected in err
     assert not out.exists()
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_fixed_mask_column_gives_each_pair_its_mask(tmp_path, capsys):
+    """The mask is read for its pair: an empty one fails that pair (and only it), a good one is used and recorded
+    in the pair's config.yaml (so that a list started again with another mask registers the pair again)."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    pairs = write_list(data, missing=False)
+    square = np.zeros((128, 128), dtype=np.uint8)
+    square[16:112, 16:112] = 255
+    Image.fromarray(square).save(data / "left" / "mask.png")
+    Image.fromarray(np.zeros((128, 128), dtype=np.uint8)).save(data / "right" / "mask.png")
+    lines = pairs.read_text().splitlines()
+    lines = [lines[0] + ",fixed_mask"] + [line + f",{line.split(',')[0]}/mask.png" for line in lines[1:]]
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert fit_main(["--pairs", str(pairs), "--out", str(out), "--batch-size", "2"] + QUIET) == 1
+    rows = read_results(out)
+    assert rows["left"]["status"] == "ok" and corner_error(json.loads(rows["left"]["matrix"]), *SHIFTS["left"]) < 1.0
+    assert rows["right"]["status"] == "failed" and "mask is empty" in rows["right"]["error"]
+    assert "right/mask.png" in rows["right"]["error"]
+    config = (out / "transforms" / "left" / "config.yaml").read_text()
+    assert str(data / "left" / "mask.png") in config

@@ -25,7 +25,8 @@ IMAGE_PAIR_COLUMNS = REQUIRED_PAIR_COLUMNS[:3]
 
 @dataclass
 class Pair:
-    """One image pair to score. ``control_points`` (FIRE) replaces the two landmark files (ANHIR)."""
+    """One image pair to score. ``control_points`` (FIRE) replaces the two landmark files (ANHIR). ``fixed_mask``:
+    the pixels of the fixed image to register on (``data.fixed_mask`` of this pair)."""
 
     name: str
     group: str
@@ -34,6 +35,7 @@ class Pair:
     fixed_landmarks: Optional[Path] = None
     moving_landmarks: Optional[Path] = None
     control_points: Optional[Path] = None
+    fixed_mask: Optional[Path] = None
 
 
 def _check_name(name: str, where: str) -> None:
@@ -46,7 +48,8 @@ def _check_name(name: str, where: str) -> None:
 def read_pairs_csv(path, landmarks: bool = True) -> List[Pair]:
     """ANHIR/BIRL pair list. Raises :class:`UsageError` for a missing file, missing columns or bad names.
 
-    A row with an empty path cell stays in the list (it is reported as a failed pair). ``landmarks=False``: only
+    A row with an empty path cell stays in the list (it is reported as a failed pair). An optional ``fixed_mask``
+    column gives a pair its mask (an empty cell: none). ``landmarks=False``: only
     ``name, fixed_image, moving_image`` are required (a list to register, not to score); landmark columns that are
     there are read all the same.
     """
@@ -65,7 +68,7 @@ def read_pairs_csv(path, landmarks: bool = True) -> List[Pair]:
     missing = [c for c in required if c not in fields]
     if missing:
         raise UsageError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(required)}"
-                         " [, modality]")
+                         " [, modality, fixed_mask]")
     base = path.parent
     resolve = lambda cell: (base / cell) if cell else None  # noqa: E731 - absolute cells stay absolute
     pairs, seen = [], set()
@@ -80,7 +83,8 @@ def read_pairs_csv(path, landmarks: bool = True) -> List[Pair]:
         pairs.append(Pair(name=name, group=row.get("modality", ""), fixed_image=resolve(row["fixed_image"]),
                           moving_image=resolve(row["moving_image"]),
                           fixed_landmarks=resolve(row.get("fixed_landmarks", "")),
-                          moving_landmarks=resolve(row.get("moving_landmarks", ""))))
+                          moving_landmarks=resolve(row.get("moving_landmarks", "")),
+                          fixed_mask=resolve(row.get("fixed_mask", ""))))
     if not pairs:
         raise UsageError(f"{path}: no pairs listed")
     return pairs

@@ -112,6 +112,8 @@ def transform_by_registration(cfg, out: Path, redo: bool = False, device_index: 
         folder = out / "transforms" / pair.name
         c = copy.deepcopy(cfg)
         c.output.dir = str(folder)
+        if pair.fixed_mask is not None:  # in its config.yaml, so that another mask registers the pair again
+            c.data.fixed_mask = str(pair.fixed_mask)
         if c.logging.enabled:
             c.logging.name = f"{c.logging.name}-{pair.name}"
         if not redo:
@@ -134,7 +136,7 @@ def transform_by_registration(cfg, out: Path, redo: bool = False, device_index: 
         if done is not None:
             return done
         return _as_transform(fit(c, fixed=str(pair.fixed_image), moving=str(pair.moving_image),
-                                 device_index=device_index))
+                                 fixed_mask=c.data.fixed_mask, device_index=device_index))
 
     def batched(pairs: Sequence[Pair], batch_size: int) -> Iterator[Tuple[Pair, Union[dict, Exception]]]:
         from ..training.fit_many import PairSpec, fit_batches
@@ -151,8 +153,8 @@ def transform_by_registration(cfg, out: Path, redo: bool = False, device_index: 
                 outcomes[i] = done
             else:
                 todo.append(i)
-                specs.append(PairSpec(str(pair.fixed_image), str(pair.moving_image), output_dir=c.output.dir,
-                                      config=c))
+                specs.append(PairSpec(str(pair.fixed_image), str(pair.moving_image), fixed_mask=c.data.fixed_mask,
+                                      output_dir=c.output.dir, config=c))
         batch_cfg = copy.deepcopy(cfg)
         batch_cfg.output.dir = str(out)  # the batches' TensorBoard runs: OUT/<logging.log_dir>/<name>-batch/
         batch_cfg.logging.name = f"{cfg.logging.name}-batch"
