@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .ngf import Level, gray, overlap_needed
-from .tasks import together
+from .ngf import Level, both_ways, gray, overlap_needed
 
 
 def joint_histogram_mi(fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor, bins: int = 32) -> torch.Tensor:
@@ -88,8 +87,5 @@ def _fixed_side(level: Level, bins: int):
 
 def symmetric_histogram_mi(level: Level, matrices: torch.Tensor) -> torch.Tensor:
     """The mean of :func:`histogram_mi` both ways (fixed vs warped moving, moving vs fixed warped by the inverse),
-    so that neither image's zoom is favoured; both at once (:func:`~drmime_pl.core.tasks.together`). ``N``."""
-    inverse = torch.linalg.inv(matrices.double())
-    forward, backward = together(lambda: histogram_mi(level, matrices),
-                                 lambda: histogram_mi(level.swapped(), inverse))
-    return 0.5 * (forward + backward)
+    so that neither image's zoom is favoured (:func:`~drmime_pl.core.ngf.both_ways`). ``N``."""
+    return both_ways(histogram_mi, level, matrices)

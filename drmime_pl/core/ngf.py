@@ -309,13 +309,17 @@ def ngf(level: Level, matrices: torch.Tensor, min_overlap: float = 0.5, centred:
     return torch.where(enough, score, torch.full_like(score, float("-inf")))
 
 
+def both_ways(score, level: Level, matrices: torch.Tensor) -> torch.Tensor:
+    """The mean of ``score`` (``(level, N x 3 x 3) -> N``) both ways: fixed vs warped moving, and moving vs fixed
+    warped by the inverse, computed at once (:func:`~drmime_pl.core.tasks.together`). ``N``."""
+    inverse = torch.linalg.inv(matrices.double())
+    forward, backward = together(lambda: score(level, matrices), lambda: score(level.swapped(), inverse))
+    return 0.5 * (forward + backward)
+
+
 def symmetric_ngf(level: Level, matrices: torch.Tensor, centred: bool = False) -> torch.Tensor:
-    """The mean of NGF both ways: fixed vs warped moving, and moving vs fixed warped by the inverse. ``N``.
+    """The mean of NGF both ways (:func:`both_ways`). ``N``.
 
     One way alone favours zooming into one image (fewer, smoother edges to disagree with); both ways cancel that.
-    The two ways are computed at once (:func:`~drmime_pl.core.tasks.together`).
     """
-    inverse = torch.linalg.inv(matrices.double())
-    forward, backward = together(lambda: ngf(level, matrices, centred=centred),
-                                 lambda: ngf(level.swapped(), inverse, centred=centred))
-    return 0.5 * (forward + backward)
+    return both_ways(lambda lvl, m: ngf(lvl, m, centred=centred), level, matrices)

@@ -238,9 +238,8 @@ def compass_search(level: Level, starts: Sequence[Candidate], steps: Sequence[fl
         trial = params[:, None] + moves[None] * step[:, None]  # S x 8 x 4
         trial[..., 1] = torch.minimum(torch.maximum(trial[..., 1], lo), hi)
         matrices = similarity_matrices(trial.reshape(-1, 4))
-        part_size = math.ceil(len(matrices) / task_count())  # one part per task thread (core/tasks.py)
-        scores = torch.cat(together(*[lambda part=part: ngf(level, part, centred=REFINE_CENTRED)
-                                      for part in matrices.split(part_size)]))
+        scores = torch.cat(together(*[lambda part=part: ngf(level, part, centred=REFINE_CENTRED)  # a part a thread
+                                      for part in split(matrices, task_count())]))
         scores = scores.view(-1, 8).double()
         best = scores.argmax(1)
         improved = scores[rows, best] > score

@@ -10,18 +10,18 @@ has a row per pair, rewritten after each.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from ..errors import DrmimeError, RegistrationInterrupted
+from ..errors import RegistrationInterrupted
 from ..io.atomic import write_text_atomic
 from .datasets import Pair
+from .reports import csv_text
+from .run import pair_error
 
 #: Columns of ``results.csv``. ``matrix``: fixed pixel (x, y, 1) -> moving pixel, row-major JSON (as in
 #: ``transform.json``); ``output_dir``: the pair's result files.
@@ -44,7 +44,7 @@ class Registered:
     fixed_height: Optional[int] = None
     fixed_width: Optional[int] = None
     registered_earlier: bool = False
-    matrix: List[List[float]] = field(default_factory=list)
+    matrix: str = ""  # row-major JSON; empty for a failed pair
 
     @property
     def ok(self) -> bool:
@@ -56,35 +56,14 @@ def as_row(pair: Pair, outcome: Union[dict, BaseException], out: Path) -> Regist
     dict, or the exception that ended the pair)."""
     row = Registered(name=pair.name, output_dir=str(out / "transforms" / pair.name))
     if isinstance(outcome, BaseException):
-        text = (str(outcome).strip().splitlines() or [""])[0]
-        row.status = "failed"
-        row.error = text if isinstance(outcome, DrmimeError) else f"{outcome.__class__.__name__}: {text}"
+        row.status, row.error = "failed", pair_error(outcome)
         return row
     row.suspect, row.reason = outcome.get("suspect"), outcome.get("reason") or ""
     row.seconds, row.steps = outcome["seconds"], outcome["steps"]
     row.fixed_height, row.fixed_width = outcome["fixed_shape"]
     row.registered_earlier = bool(outcome.get("skipped", False))
-    row.matrix = [[float(v) for v in r] for r in outcome["matrix"]]
+    row.matrix = json.dumps([[float(v) for v in r] for r in outcome["matrix"]])
     return row
-
-
-def results_csv_text(rows: Sequence[Registered]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(RESULT_COLUMNS)
-    for r in rows:
-        values = []
-        for column in RESULT_COLUMNS:
-            value = getattr(r, column)
-            if column == "matrix":
-                value = json.dumps(value) if value else ""
-            elif value is None or (isinstance(value, float) and not math.isfinite(value)):
-                value = ""
-            elif isinstance(value, float):
-                value = f"{value:.3f}"
-            values.append(value)
-        writer.writerow(values)
-    return buf.getvalue()
 
 
 def progress_line(row: Registered) -> str:
@@ -135,7 +114,7 @@ def register_list(pairs: Sequence[Pair], source, out: Path, batch_size: int = 1,
         row = as_row(pair, outcome, out)
         print(progress_line(row) if not batched else head + progress_line(row), file=sys.stderr, flush=True)
         rows.append(row)
-        write_text_atomic(results_csv_text(rows), out / "results.csv")
+        write_text_atomic(csv_text(rows, RESULT_COLUMNS), out / "results.csv")
     return rows, False
 
 

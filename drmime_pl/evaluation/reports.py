@@ -107,13 +107,18 @@ def _csv_value(value) -> str:
     return str(value)
 
 
-def pairs_csv_text(results: Sequence[PairResult]) -> str:
+def csv_text(rows: Sequence[object], columns: Sequence[str]) -> str:
+    """A CSV with a header of ``columns`` and, per row, those attributes of it (:func:`_csv_value`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in results:
-        writer.writerow([_csv_value(getattr(r, c)) for c in CSV_COLUMNS])
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([_csv_value(getattr(r, c)) for c in columns])
     return buf.getvalue()
+
+
+def pairs_csv_text(results: Sequence[PairResult]) -> str:
+    return csv_text(results, CSV_COLUMNS)
 
 
 def plot_success(results: Sequence[PairResult], mode: str, path: Path):

@@ -40,9 +40,15 @@ def evaluate_pair(pair: Pair, get_transform: Callable[[Pair], dict], reraise: bo
         if reraise or isinstance(exc, RegistrationInterrupted):  # Ctrl-C inside fit(): checkpoint saved
             raise
         result.status = "failed"
-        text = (str(exc).strip().splitlines() or [""])[0]
-        result.error = text if isinstance(exc, DrmimeError) else f"{exc.__class__.__name__}: {text}"
+        result.error = pair_error(exc)
     return result
+
+
+def pair_error(exc: BaseException) -> str:
+    """Why a pair failed, in one line: the message of a :class:`DrmimeError` (a user's input, a failed
+    registration), else the exception's class and the first line of its message."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if isinstance(exc, DrmimeError) else f"{exc.__class__.__name__}: {text}"
 
 
 def progress_line(result: PairResult, mode: str) -> str:

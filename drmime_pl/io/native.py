@@ -2,8 +2,8 @@
 
 :func:`read_native` reads a file as it is (TIFF by tifffile, PNG/JPEG by torchvision, the rest by Pillow), with the
 orientation tag applied as registration applies it; :func:`write_native` writes an array back (any type for TIFF,
-8/16-bit PNG); :func:`warped_native` and :func:`write_warped` make a run's ``warped.tif``/``warped.png`` in the
-moving file's own type and channels, resampled by :func:`drmime_pl.core.resample.warp_array`.
+8/16-bit PNG); :func:`write_warped_native` writes a run's ``warped.tif``/``warped.png`` in the moving file's own
+type and channels, resampled by :func:`drmime_pl.core.resample.warp_array`.
 ``python -m drmime_pl.warp`` (:mod:`drmime_pl.cli`) is built from the same pieces.
 """
 from __future__ import annotations
@@ -164,10 +164,11 @@ def warped_name(moving_path) -> str:
     return "warped.tif" if is_tiff(moving_path) else "warped.png"
 
 
-def warped_native(result) -> Optional[NativeImage]:
-    """The moving image *file* of ``result`` in its own pixel type and channels, resampled onto the fixed grid by
-    ``result.matrix``; None when ``result.moving`` is not a readable file (arrays given to the API) or not of the
-    registered size: the caller writes the 8-bit preview then."""
+def write_warped_native(result, path) -> Optional[Path]:
+    """Warp the moving image *file* of ``result`` in its own pixel type and channels onto the fixed grid by
+    ``result.matrix`` and write it to ``path`` (named by :func:`warped_name`: TIFF, or 8/16-bit PNG). Returns the
+    path, or None when ``result.moving`` is not a readable file (arrays given to the API), not of the registered
+    size, or of a type the format cannot hold: the caller writes the 8-bit preview then."""
     moving = result.moving
     if not isinstance(moving, str) or not Path(moving).is_file():
         return None
@@ -177,14 +178,9 @@ def warped_native(result) -> Optional[NativeImage]:
         return None
     if tuple(image.hw) != tuple(result.moving_shape):
         return None
-    return NativeImage(warp_array(image.array, image.axes, result.matrix, result.fixed_shape), image.axes, image.tiff)
-
-
-def write_warped(warped: NativeImage, path) -> Optional[Path]:
-    """Write :func:`warped_native`'s image to ``path`` (``warped_name``); None when its type does not fit the format
-    (the caller writes the 8-bit preview then)."""
+    warped = warp_array(image.array, image.axes, result.matrix, result.fixed_shape)
     try:
-        write_native(warped.array, warped.axes, path, like=warped.tiff)
+        write_native(warped, image.axes, path, like=image.tiff)
     except ImageError:
         return None
     return Path(path)

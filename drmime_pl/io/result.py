@@ -113,7 +113,7 @@ def write_outputs(result: Registration, fixed: torch.Tensor, moving: torch.Tenso
 
     from ..core.tasks import together
     from .images import save_image_atomic
-    from .native import warped_name, warped_native, write_warped  # the moving file's own dtype and channels
+    from .native import warped_name, write_warped_native  # the moving file's own dtype and channels
     from .render import overlay_of
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,8 +123,7 @@ def write_outputs(result: Registration, fixed: torch.Tensor, moving: torch.Tenso
 
     def warped_file() -> bool:
         """Whether the moving file was warped in its own type and channels and written to ``pending``."""
-        native = warped_native(result) if warped else None
-        return native is not None and write_warped(native, pending) is not None
+        return warped and write_warped_native(result, pending) is not None
 
     def the_others() -> None:
         if overlay:
