@@ -7,7 +7,7 @@
 It is what ``compare.py --methods drmime --groups real-jiang,real-srif`` measures, but through the files (as a user
 runs it: EXIF, palette and channel handling included) with one torch thread per process, ``--jobs`` processes at
 once, each with its share of the cores (``fit.workers``). Its ``pairs.csv`` has compare.py's columns (method ``drmime``) plus the verdict (``suspect``, ``z``,
-``chosen``, which result a ``second_opinion`` and a ``rigid_opinion`` kept, and ``rtre_without_opinions``: the
+``chosen``, which result a ``second_opinion``, a ``rigid_opinion`` and a ``candidate_opinion`` kept, and ``rtre_without_opinions``: the
 first registration's rTRE, from the results the opinions replaced), so ``compare.py --summarise`` puts it beside
 the peers. It prints the success rate per category, what the further opinions changed, and how well the
 ``suspect`` flag predicts failure. The real sets carry no licence: they are read where they lie.
@@ -33,7 +33,7 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 #: still registered and reported; the second total leaves them out.
 UNSCOREABLE = {("real-srif", "optical_sar")}
 COLUMNS = ["method", "group", "pair", "source", "modality", "magnitude", "fixed_hw", "rtre", "seconds", "threads",
-           "matrix", "error", "steps", "suspect", "z", "z_mi", "chosen", "second_opinion", "rigid_opinion",
+           "matrix", "error", "steps", "suspect", "z", "z_mi", "chosen", "second_opinion", "rigid_opinion", "candidate_opinion",
            "rtre_without_opinions"]
 
 
@@ -71,7 +71,8 @@ def register_one(job):
                    z_mi=None if z_mi is None else round(z_mi, 3),
                    chosen=reg.quality.get("chosen"),
                    second_opinion=_kept(reg.quality.get("second_opinion")),
-                   rigid_opinion=_kept(reg.quality.get("rigid_opinion")))
+                   rigid_opinion=_kept(reg.quality.get("rigid_opinion")),
+                   candidate_opinion=_kept(reg.quality.get("candidate_opinion")))
         before = without_opinions(matrix, reg.quality)
         row["rtre_without_opinions"] = float(np.median(tre(before, fixed_pts, moving_pts)) / image_diagonal(hw))
     except Exception as exc:  # noqa: BLE001 - a failed pair is a row, not the end of the run
@@ -86,7 +87,7 @@ def register_one(job):
 
 
 def _kept(opinion) -> str:
-    """The ``second_opinion`` and ``rigid_opinion`` columns: which result was kept, ``skipped`` where none was
+    """The ``second_opinion``, ``rigid_opinion`` and ``candidate_opinion`` columns: which result was kept, ``skipped`` where none was
     needed, empty without one."""
     if not opinion:
         return ""
@@ -95,8 +96,8 @@ def _kept(opinion) -> str:
 
 def without_opinions(matrix: np.ndarray, quality: dict) -> np.ndarray:
     """The first registration's matrix, before any further opinion replaced it: each opinion that kept its own
-    result records the one it replaced (``other_matrix``); undone last first (rigid, then second)."""
-    for key, new in (("rigid_opinion", "rigid"), ("second_opinion", "second")):
+    result records the one it replaced (``other_matrix``); undone last first (candidate, rigid, then second)."""
+    for key, new in (("candidate_opinion", "candidate"), ("rigid_opinion", "rigid"), ("second_opinion", "second")):
         opinion = quality.get(key) or {}
         if opinion.get("kept") == new and opinion.get("other_matrix") is not None:
             matrix = np.asarray(opinion["other_matrix"], dtype=float)
@@ -123,7 +124,8 @@ def report(rows, limit: float = 0.01) -> str:
         lines.append(f"all but {left_out} (ground truth does not line up the images: audit_truth.py): "
                      f"{ok}/{len(scoreable)} = {ok / len(scoreable):.1%}")
     asked = [r for r in rows if r.get("second_opinion") not in (None, "", "skipped")
-             or r.get("rigid_opinion") not in (None, "", "skipped")]
+             or r.get("rigid_opinion") not in (None, "", "skipped")
+             or r.get("candidate_opinion") not in (None, "", "skipped")]
     if asked:
         before = sum(r["rtre_without_opinions"] <= limit for r in asked)
         after = sum(r["rtre"] <= limit for r in asked)

@@ -152,7 +152,9 @@ def test_a_suspect_pair_whose_search_would_repeat_gets_no_second_registration(tm
 
 def test_a_suspect_registration_gets_a_second_and_a_rigid_opinion_and_only_the_kept_result_is_written(tmp_path):
     out = tmp_path / "out"
-    reg = drmime_pl.register(*UNRELATED, overrides=QUICK, output_dir=str(out), log=True)
+    # (the candidate opinion that may follow: test_candidate_opinion.py)
+    reg = drmime_pl.register(*UNRELATED, overrides=QUICK + ["model.candidate_opinion=false"], output_dir=str(out),
+                             log=True)
     assert reg.quality["suspect"] is True
 
     def z(value):

@@ -156,6 +156,31 @@ def stand_out(level: Level, matrix: torch.Tensor, value: float, score=symmetric_
     return (value - float(others.mean())) / max(float(others.std()), 1e-6)
 
 
+def both_z(level: Level, matrix: torch.Tensor):
+    """How far the ``3 x 3`` ``matrix`` stands out from its :func:`misaligned` copies on both measures: ``(z of
+    symmetric NGF, z of symmetric histogram MI)``, NaN where uncomputable."""
+    z = stand_out(level, matrix, float(symmetric_ngf(level, matrix[None])[0]))
+    z_mi = stand_out(level, matrix, float(symmetric_histogram_mi(level, matrix[None])[0]), score=symmetric_histogram_mi)
+    return z, z_mi
+
+
+def stands_out_most(level: Level, starts: torch.Tensor, model: str, screen_iterations: int = 8) -> torch.Tensor:
+    """Of ``starts`` (``N x 3 x 3``), the one whose alignment stands out most from its misaligned copies.
+
+    Each start is first refined on NGF alone for ``screen_iterations`` (:func:`refine`): the search's grid leaves
+    shifts of a coarse level's pixel and angles of a few degrees, which blur the verdict's ``z``. Returns the
+    refined start with the highest NGF ``z`` (:func:`stand_out`), ``3 x 3``, for the caller to polish.
+    """
+    best, best_z = None, float("-inf")
+    for start in starts:
+        refined = refine(level, start, model, iterations=screen_iterations)
+        z = stand_out(level, refined, float(symmetric_ngf(level, refined[None])[0]))
+        z = z if math.isfinite(z) else float("-inf")  # too little overlap to tell: last
+        if best is None or z > best_z:
+            best, best_z = refined, z
+    return best
+
+
 def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[torch.Tensor],
                      force_optimised: bool = False, model: Optional[str] = None):
     """Pick the best of the optimised, initial and identity transforms and judge it.

@@ -284,16 +284,7 @@ def global_search(
         The refined candidates, best first by symmetric (centred) NGF on the ~128 px level.
     """
     dofs = TRANSFORM_DOFS[model]
-    step = math.radians(angle_step_deg)
-    angles = (torch.arange(0.0, 2 * math.pi - 1e-9, step, dtype=torch.float64) if dofs >= 3
-              else torch.zeros(1, dtype=torch.float64))
-    if dofs >= 4 and scale_steps > 1:
-        scales = torch.logspace(math.log10(scale_range[0]), math.log10(scale_range[1]), scale_steps,
-                                dtype=torch.float64)
-        log_ratio = math.log(scale_range[1] / scale_range[0]) / (scale_steps - 1)
-    else:
-        scales, log_ratio = torch.ones(1, dtype=torch.float64), 0.0
-    grid_a, grid_s = torch.meshgrid(angles, scales, indexing="ij")
+    grid_a, grid_s, step, log_ratio = search_grid(model, angle_step_deg, scale_range, scale_steps)
 
     levels = {}
 
@@ -309,7 +300,7 @@ def global_search(
     starts: List[Candidate] = []
     always: List[Candidate] = []
     for stage, (size, centred) in enumerate(SHIFT_STAGES):
-        found = best_shifts(level(size), grid_a.reshape(-1), grid_s.reshape(-1), centred=centred)
+        found = best_shifts(level(size), grid_a, grid_s, centred=centred)
         if stage == 0:
             finest = found
         _add_best_distinct(found, starts, always, keep[0], step, log_ratio,
@@ -337,6 +328,39 @@ def global_search(
         step, log_ratio, shift_step = step / 2, log_ratio / 2, shift_step / 2
     starts += always
     return sorted(starts, key=lambda c: c.score, reverse=True)
+
+
+def search_grid(model: str, angle_step_deg: float = 7.5, scale_range: Sequence[float] = (0.5, 2.0),
+                scale_steps: int = 5):
+    """Stage 1's grid of linear parts for ``model``: every rotation in steps of ``angle_step_deg`` (models with a
+    rotation) times ``scale_steps`` scales spaced evenly in log over ``scale_range`` (models with a scale).
+    Returns ``(angles, scales, angle_step, log_ratio)``: ``M`` float64 each (radians; every pairing of the two), the
+    angle step in radians and the log ratio of neighbouring scales (0 without scales)."""
+    dofs = TRANSFORM_DOFS[model]
+    step = math.radians(angle_step_deg)
+    angles = (torch.arange(0.0, 2 * math.pi - 1e-9, step, dtype=torch.float64) if dofs >= 3
+              else torch.zeros(1, dtype=torch.float64))
+    if dofs >= 4 and scale_steps > 1:
+        scales = torch.logspace(math.log10(scale_range[0]), math.log10(scale_range[1]), scale_steps,
+                                dtype=torch.float64)
+        log_ratio = math.log(scale_range[1] / scale_range[0]) / (scale_steps - 1)
+    else:
+        scales, log_ratio = torch.ones(1, dtype=torch.float64), 0.0
+    grid_a, grid_s = torch.meshgrid(angles, scales, indexing="ij")
+    return grid_a.reshape(-1), grid_s.reshape(-1), step, log_ratio
+
+
+def finest_candidates(level: Level, model: str, count: int) -> List[Candidate]:
+    """The ``count`` best distinct candidates of stage 1 on ``level`` alone: the grid (:func:`search_grid`) and the
+    angles between it next to its best (:data:`BETWEEN_FRACTION`), by their shifts' z-scores, with no refinement
+    and no coarser level's ranking. The candidate opinion on a suspect registration
+    (:func:`drmime_pl.core.quality.stands_out_most`) judges them itself."""
+    angles, scales, step, log_ratio = search_grid(model)
+    centred = SHIFT_STAGES[0][1]
+    found = best_shifts(level, angles, scales, centred=centred)
+    if TRANSFORM_DOFS[model] >= 3:
+        found = found + best_shifts(level, *_between_angles(found, step), centred=centred)
+    return _best_distinct(found, count, step, log_ratio)
 
 
 def exact_levels_change_nothing(fixed_pyramid: Sequence[torch.Tensor], moving_pyramid: Sequence[torch.Tensor]) -> bool:

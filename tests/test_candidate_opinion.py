@@ -1,0 +1,127 @@
+"""A result still suspect after the further registrations gets a candidate opinion (``model.candidate_opinion``,
+:func:`drmime_pl.training.fit.candidate_opinion`): the search's best distinct candidates on its finest level are
+judged on the verdict's level, and the one that stands out most replaces the result only when its edges *and* its
+intensities both stand out more.
+
+Pairs are the capture-range test's: a synthetic texture rotated about its centre onto a larger black canvas, with
+a non-monotonic intensity remap (only MI-like measures align them)."""
+import json
+import math
+from types import SimpleNamespace
+
+import torch
+
+import drmime_pl
+import drmime_pl.core.quality as quality_module
+import drmime_pl.core.search as search_module
+import drmime_pl.training.fit as fit_module
+from drmime_pl.config import load_config
+from drmime_pl.core.geometry import mean_corner_error, normalised_matrix_from_pixel, pixel_matrix_from_normalised
+from drmime_pl.core.ngf import Level
+from drmime_pl.core.quality import stands_out_most
+from drmime_pl.core.search import finest_candidates
+from drmime_pl.training.prepare import prepare_pair
+
+from .conftest import FAST
+from .test_capture_range import make_pair
+from .test_second_opinion import QUICK, UNRELATED
+
+#: fixed 160 px, moving 200 px; the truth turns by 90 degrees about the centres.
+FIXED, MOVING, TRUTH = make_pair(90.0, 1.0)
+
+
+def _suspect_at_identity():
+    """A suspect result at (centred) identity, wrong for the rotated pair, shaped like a Registration."""
+    matrix = torch.eye(3, dtype=torch.float64)
+    matrix[:2, 2] = 20.0  # the fixed image's centre on the moving canvas's: (200 - 160) / 2
+    return SimpleNamespace(matrix=matrix.numpy(), matrix_normalised=torch.eye(3, dtype=torch.float64).numpy(),
+                           quality={"z": 0.5, "z_mi": 0.0, "suspect": True, "reason": "barely stands out"},
+                           seconds=1.0, checkpoint="first.ckpt")
+
+
+def test_the_finest_candidates_include_the_truth_and_the_start_that_stands_out_is_refined_onto_it():
+    pair = prepare_pair(FIXED, MOVING, load_config(None).data, init="identity", model="affine")
+    level = Level.from_pyramids(pair.fixed_pyramid, [w > 0 for w in pair.fixed_weights], pair.moving_pyramid,
+                                pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale, 128, exact=True)
+    candidates = finest_candidates(level, "affine", 4)
+    assert len(candidates) == 4
+    angles = [math.degrees(c.angle) % 360 for c in candidates]
+    assert any(abs(a - 90.0) <= 3.75 for a in angles), angles  # within half the grid's 7.5 degree step
+
+    # Of a start shifted by a fifth of the image and one shifted by 2 px, the second stands out after the short
+    # refinement on edges, and comes back to within a pixel of the truth.
+    truth = normalised_matrix_from_pixel(TRUTH, pair.fixed_hw, pair.moving_hw, pair.scale)
+    far, near = torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    far[0, 2] = 0.4  # normalised units: 1 is half the long side
+    near[:2, 2] = torch.tensor([2.0, -2.0], dtype=torch.float64) / pair.scale
+    picked = stands_out_most(level, torch.stack([truth @ far, truth @ near]), "affine")
+    back = pixel_matrix_from_normalised(picked, pair.fixed_hw, pair.moving_hw, pair.scale)
+    assert mean_corner_error(back, TRUTH, pair.fixed_hw) < 1.0
+
+
+def test_a_candidate_that_stands_out_more_on_both_measures_replaces_a_wrong_result():
+    current = _suspect_at_identity()
+    kept = fit_module.candidate_opinion(load_config(None, FAST), current, FIXED, MOVING, None, 0.0)
+    assert kept is not current
+    assert mean_corner_error(kept.matrix, TRUTH, kept.fixed_shape) < 1.0, kept.quality
+    assert kept.steps == 0 and kept.mi_per_level == [] and kept.quality["chosen"] == "candidate"
+    opinion = kept.quality["candidate_opinion"]
+    assert opinion["kept"] == "candidate" and opinion["other_matrix"] == current.matrix.tolist()
+    assert opinion["z_candidate"] > opinion["z_first"] and opinion["z_mi_candidate"] > opinion["z_mi_first"]
+    # no optimisation confirmed it: it stays suspect, and says why
+    assert kept.quality["suspect"] is True and "candidates" in kept.quality["reason"]
+    assert kept.seconds > current.seconds and kept.checkpoint is None
+
+
+def test_the_candidate_is_kept_only_when_both_of_its_scores_are_higher(monkeypatch):
+    cfg = load_config(None, FAST)
+
+    def scored(first, candidate):
+        calls = iter([first, candidate])
+        monkeypatch.setattr(quality_module, "both_z", lambda level, matrix: next(calls))
+        return fit_module.candidate_opinion(cfg, _suspect_at_identity(), FIXED, MOVING, None, 0.0)
+
+    kept = scored((2.0, 3.0), (5.0, 2.9))  # edges prefer the candidate, intensities do not
+    assert kept.quality["candidate_opinion"]["kept"] == "first" and kept.quality["z"] == 0.5
+    assert kept.quality["reason"] == "barely stands out"
+    kept = scored((2.0, 3.0), (2.0, 9.0))  # equal edges: not higher
+    assert kept.quality["candidate_opinion"]["kept"] == "first"
+    kept = scored((2.0, float("nan")), (2.5, 0.1))  # an uncomputable z counts as lowest
+    assert kept.quality["candidate_opinion"]["kept"] == "candidate"
+    assert kept.quality["candidate_opinion"]["z_mi_first"] is None  # JSON has no NaN
+    kept = scored((2.0, 1.0), (float("nan"), 4.0))
+    assert kept.quality["candidate_opinion"]["kept"] == "first"
+
+
+def test_a_failed_candidate_opinion_leaves_the_result(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no candidates")
+
+    monkeypatch.setattr(search_module, "finest_candidates", broken)
+    current = _suspect_at_identity()
+    kept = fit_module.candidate_opinion(load_config(None, FAST), current, FIXED, MOVING, None, 0.0)
+    assert kept is current and kept.checkpoint == "first.ckpt"
+    assert kept.quality["candidate_opinion"] == {"z_first": 0.5, "z_candidate": None, "kept": "first",
+                                                 "error": "no candidates"}
+
+
+def test_only_a_suspect_result_of_the_search_gets_a_candidate_opinion():
+    from drmime_pl.training.fit import wants_candidate_opinion
+
+    suspect = _suspect_at_identity()
+    assert wants_candidate_opinion(load_config(None), suspect)
+    for override in ("model.candidate_opinion=false", "model.init=moments", "model.init=identity",
+                     "fit.ckpt_path=x.ckpt", "model.init_matrix=t.json"):
+        assert not wants_candidate_opinion(load_config(None, [override]), suspect), override
+    assert not wants_candidate_opinion(load_config(None), SimpleNamespace(quality={"z": 6.0, "suspect": False}))
+
+
+def test_a_suspect_registration_records_its_candidate_opinion_and_writes_the_kept_result(tmp_path):
+    out = tmp_path / "out"
+    reg = drmime_pl.register(*UNRELATED, overrides=QUICK, output_dir=str(out))
+    assert reg.quality["suspect"] is True
+    opinion = reg.quality["candidate_opinion"]  # after the second and the rigid opinion, still suspect
+    assert set(opinion) == {"z_first", "z_candidate", "z_mi_first", "z_mi_candidate", "kept", "other_matrix"}
+    assert "second_opinion" in reg.quality and "rigid_opinion" in reg.quality  # carried over
+    written = json.loads((out / "transform.json").read_text())
+    assert written["matrix"] == reg.matrix.tolist() and written["quality"] == json.loads(json.dumps(reg.quality))
