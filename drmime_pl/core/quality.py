@@ -49,7 +49,7 @@ MAX_GROWTH = 4.0
 class Verdict:
     """What ``transform.json["quality"]`` holds."""
 
-    chosen: str  # which candidate won: optimised | initial | identity
+    chosen: str  # which candidate won: optimised | initial | identity (candidate: fit.candidate_opinion's pick)
     ngf: float  # symmetric NGF of the result, after the polish (mean squared cosine of edge directions, 0..1)
     ngf_identity: float  # ... of the three candidates, before the polish
     ngf_initial: float
