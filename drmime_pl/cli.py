@@ -115,30 +115,47 @@ def _fit_main(argv=None) -> int:
             raise
         print(f"drmime_pl: error: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, RegistrationError) else EXIT_USAGE
-    state = "converged" if result.converged else "reached fit.max_steps"
+    for line in summary_lines(result):
+        print(line)
+    return 0
+
+
+def summary_lines(result) -> list:
+    """What ``python -m drmime_pl.fit`` prints on stdout about a finished registration: how it ended, the verdict,
+    each further opinion, the matrix and where the outputs are."""
+    from .training.fit import kept_a_candidate
+    from .training.progress import run_state
+
+    def one(value, digits=1) -> str:  # None: not computed (too little overlap, or not asked)
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     wall = f", wall time {result.wall_seconds:.1f} s" if result.wall_seconds is not None else ""
-    print(f"drmime_pl: {state} after {result.steps} steps in {result.seconds:.1f} s{wall}; "
-          f"final MI {result.final_mi:.3f} nats")
+    if kept_a_candidate(result):  # no MINE run for it: no steps, no MI
+        lines = [f"drmime_pl: {run_state(result)}; the registrations took {result.seconds:.1f} s{wall}"]
+    else:
+        lines = [f"drmime_pl: {run_state(result)} in {result.seconds:.1f} s{wall}; final MI {result.final_mi:.3f} nats"]
     q = result.quality
     if q:
         verdict = f"SUSPECT: {q['reason']}" if q.get("suspect") else "ok"
-        ngf, z = ("n/a" if q[k] is None else f"{q[k]:.{d}f}" for k, d in (("ngf", 3), ("z", 1)))  # None: no overlap
-        print(f"quality: {verdict} (edge agreement {ngf}, z {z} against misaligned copies; kept the {q['chosen']} "
-              f"transform)")
-        for key, label in (("second_opinion", "second opinion"), ("rigid_opinion", "rigid opinion")):
+        lines.append(f"quality: {verdict} (edge agreement {one(q['ngf'], 3)}, z {one(q['z'])} against misaligned "
+                     f"copies; kept the {q['chosen']} transform)")
+        for key, label in (("second_opinion", "second opinion"), ("rigid_opinion", "rigid opinion"),
+                           ("candidate_opinion", "candidate opinion")):
             opinion = q.get(key)
             if opinion and opinion.get("skipped"):
-                print(f"{label}: not run, {opinion['skipped']}")
+                lines.append(f"{label}: not run, {opinion['skipped']}")
             elif opinion:
-                (first, z_first), (other, z_other) = [(name[2:], "n/a" if value is None else f"{value:.1f}")
-                                                      for name, value in opinion.items() if name.startswith("z_")]
-                print(f"{label}: z {z_first} ({first}) against {z_other} ({other}): kept the {opinion['kept']}")
-    print("matrix (fixed pixel -> moving pixel):")
-    for row in result.matrix:
-        print("  " + "  ".join(f"{v: .6g}" for v in row))
+                # z_<name> of both results, in order; the candidate opinion also has MI's z_mi_<name>
+                sides = [f"z {one(value)}" + (f", MI z {one(opinion[f'z_mi_{name[2:]}'])}"
+                                              if f"z_mi_{name[2:]}" in opinion else "") + f" ({name[2:]})"
+                         for name, value in opinion.items() if name.startswith("z_") and not name.startswith("z_mi_")]
+                failed = f" ({opinion['error']})" if opinion.get("error") else ""
+                lines.append(f"{label}: {sides[0]} against {sides[1]}: kept the {opinion['kept']}{failed}")
+    lines.append("matrix (fixed pixel -> moving pixel):")
+    lines += ["  " + "  ".join(f"{v: .6g}" for v in row) for row in result.matrix]
     if result.output_dir:
-        print(f"outputs: {result.output_dir}")
-    return 0
+        lines.append(f"outputs: {result.output_dir}")
+    return lines
 
 
 def _fit_list_setup(args):

@@ -125,3 +125,36 @@ def test_a_suspect_registration_records_its_candidate_opinion_and_writes_the_kep
     assert "second_opinion" in reg.quality and "rigid_opinion" in reg.quality  # carried over
     written = json.loads((out / "transform.json").read_text())
     assert written["matrix"] == reg.matrix.tolist() and written["quality"] == json.loads(json.dumps(reg.quality))
+
+
+def _finished(quality, steps=100):
+    import numpy as np
+
+    return SimpleNamespace(quality=quality, steps=steps, converged=False, seconds=3.0, wall_seconds=5.0,
+                           final_mi=float("nan") if steps == 0 else 0.25, matrix=np.eye(3), output_dir=None)
+
+
+def test_the_command_line_says_when_a_candidate_was_kept_and_shows_both_measures():
+    from drmime_pl.cli import summary_lines
+    from drmime_pl.training.progress import done_line
+
+    opinion = {"z_first": 2.0, "z_candidate": 3.24, "z_mi_first": 0.44, "z_mi_candidate": 3.09, "kept": "candidate",
+               "other_matrix": []}
+    kept = _finished({"suspect": True, "reason": "picked from the search's candidates", "ngf": 0.19, "z": 3.24,
+                      "chosen": "candidate", "candidate_opinion": opinion,
+                      "second_opinion": {"z_first": 1.4, "z_second": 2.0, "kept": "second", "other_matrix": []}},
+                     steps=0)
+    lines = summary_lines(kept)
+    assert lines[0] == ("drmime_pl: kept a candidate of the search, not optimised (candidate opinion); the "
+                        "registrations took 3.0 s, wall time 5.0 s")  # no MINE ran for it: no steps, no MI
+    assert "second opinion: z 1.4 (first) against z 2.0 (second): kept the second" in lines
+    assert ("candidate opinion: z 2.0, MI z 0.4 (first) against z 3.2, MI z 3.1 (candidate): kept the candidate"
+            in lines)
+    assert "not optimised" in done_line(kept) and "0 steps" not in done_line(kept)
+
+    failed = _finished({"suspect": True, "reason": "r", "ngf": 0.2, "z": 2.0, "chosen": "optimised",
+                        "candidate_opinion": {"z_first": 2.0, "z_candidate": None, "kept": "first",
+                                              "error": "no candidates"}})
+    lines = summary_lines(failed)
+    assert lines[0] == "drmime_pl: reached fit.max_steps after 100 steps in 3.0 s, wall time 5.0 s; final MI 0.250 nats"
+    assert "candidate opinion: z 2.0 (first) against z n/a (candidate): kept the first (no candidates)" in lines

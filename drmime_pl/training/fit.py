@@ -87,8 +87,7 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     if plain:
         from .progress import done_line
 
-        print(done_line(result.steps, result.converged, result.seconds, result.wall_seconds), file=sys.stderr,
-              flush=True)
+        print(done_line(result), file=sys.stderr, flush=True)
     return result
 
 
@@ -266,6 +265,11 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
                             reason="picked from the search's candidates after the registration and its further "
                                    "opinions were suspect; no optimisation confirmed it")
     return kept
+
+
+def kept_a_candidate(result) -> bool:
+    """Whether ``result`` is a candidate that the candidate opinion kept (no optimisation ran for it)."""
+    return (result.quality or {}).get("candidate_opinion", {}).get("kept") == "candidate"
 
 
 def _finite_or_none(value: float):

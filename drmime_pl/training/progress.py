@@ -47,10 +47,21 @@ def format_seconds(seconds: float) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def done_line(steps: int, converged: bool, seconds: float, wall_seconds: float) -> str:
-    state = "converged" if converged else "reached fit.max_steps"
-    return (f"{PREFIX} done: {state} after {steps} steps; optimisation {format_seconds(seconds)}, "
-            f"wall time {format_seconds(wall_seconds)} (loading, preparation, optimisation and outputs)")
+def run_state(result) -> str:
+    """How the kept result of a registration (a :class:`~drmime_pl.io.result.Registration`) was reached: "converged
+    after N steps", "reached fit.max_steps after N steps", or, for a candidate kept by the candidate opinion, that
+    no optimisation ran for it."""
+    from .fit import kept_a_candidate
+
+    if kept_a_candidate(result):
+        return "kept a candidate of the search, not optimised (candidate opinion)"
+    return f"{'converged' if result.converged else 'reached fit.max_steps'} after {result.steps} steps"
+
+
+def done_line(result) -> str:
+    """The last progress line of a run: :func:`run_state`, the optimisations' and the whole run's time."""
+    return (f"{PREFIX} done: {run_state(result)}; optimisation {format_seconds(result.seconds)}, "
+            f"wall time {format_seconds(result.wall_seconds)} (loading, preparation, optimisation and outputs)")
 
 
 def _mi(pl_module) -> float:
