@@ -123,8 +123,7 @@ def _fit_main(argv=None) -> int:
 def summary_lines(result) -> list:
     """What ``python -m drmime_pl.fit`` prints on stdout about a finished registration: how it ended, the verdict,
     each further opinion, the matrix and where the outputs are."""
-    from .training.fit import kept_a_candidate
-    from .training.progress import run_state
+    from .training.progress import kept_a_candidate, run_state
 
     def one(value, digits=1) -> str:  # None: not computed (too little overlap, or not asked)
         return "n/a" if value is None else f"{value:.{digits}f}"

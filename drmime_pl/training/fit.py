@@ -267,11 +267,6 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     return kept
 
 
-def kept_a_candidate(result) -> bool:
-    """Whether ``result`` is a candidate that the candidate opinion kept (no optimisation ran for it)."""
-    return (result.quality or {}).get("candidate_opinion", {}).get("kept") == "candidate"
-
-
 def _finite_or_none(value: float):
     """``value``, or None where it is not finite (JSON has no NaN)."""
     return value if math.isfinite(value) else None

@@ -47,12 +47,16 @@ def format_seconds(seconds: float) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
+def kept_a_candidate(result) -> bool:
+    """Whether ``result`` (a :class:`~drmime_pl.io.result.Registration`) is a candidate that the candidate opinion
+    (:func:`drmime_pl.training.fit.candidate_opinion`) kept: no optimisation ran for it."""
+    return (result.quality or {}).get("candidate_opinion", {}).get("kept") == "candidate"
+
+
 def run_state(result) -> str:
     """How the kept result of a registration (a :class:`~drmime_pl.io.result.Registration`) was reached: "converged
     after N steps", "reached fit.max_steps after N steps", or, for a candidate kept by the candidate opinion, that
     no optimisation ran for it."""
-    from .fit import kept_a_candidate
-
     if kept_a_candidate(result):
         return "kept a candidate of the search, not optimised (candidate opinion)"
     return f"{'converged' if result.converged else 'reached fit.max_steps'} after {result.steps} steps"
