@@ -6,11 +6,12 @@
 
 It is what ``compare.py --methods drmime --groups real-jiang,real-srif`` measures, but through the files (as a user
 runs it: EXIF, palette and channel handling included) with one torch thread per process, ``--jobs`` processes at
-once, each with its share of the cores (``fit.workers``). Its ``pairs.csv`` has compare.py's columns (method ``drmime``) plus the verdict (``suspect``, ``z``,
-``chosen``, which result a ``second_opinion``, a ``rigid_opinion`` and a ``candidate_opinion`` kept, and ``rtre_without_opinions``: the
-first registration's rTRE, from the results the opinions replaced), so ``compare.py --summarise`` puts it beside
-the peers. It prints the success rate per category, what the further opinions changed, and how well the
-``suspect`` flag predicts failure. The real sets carry no licence: they are read where they lie.
+once, each with its share of the cores (``fit.workers``). Its ``pairs.csv`` has compare.py's columns (method
+``drmime``) plus the verdict (``suspect``, ``z``, ``chosen``, which result each further opinion of ``OPINIONS``
+kept, and ``rtre_without_opinions``: the first registration's rTRE, from the results the opinions replaced), so
+``compare.py --summarise`` puts it beside the peers. It prints the success rate per category, what the further
+opinions changed, and how well the ``suspect`` flag predicts failure. The real sets carry no licence: they are read
+where they lie.
 """
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 #: on none of their pairs, on edges or on intensities (benchmarks/audit_truth.py; RESULTS.md, ninth round). They are
 #: still registered and reported; the second total leaves them out.
 UNSCOREABLE = {("real-srif", "optical_sar")}
+#: The further opinions a suspect registration may get, in the order they run, and the name each gives the result
+#: it adds (``quality[key]["kept"]``).
+OPINIONS = (("second_opinion", "second"), ("rigid_opinion", "rigid"), ("candidate_opinion", "candidate"))
 COLUMNS = ["method", "group", "pair", "source", "modality", "magnitude", "fixed_hw", "rtre", "seconds", "threads",
-           "matrix", "error", "steps", "suspect", "z", "z_mi", "chosen", "second_opinion", "rigid_opinion", "candidate_opinion",
+           "matrix", "error", "steps", "suspect", "z", "z_mi", "chosen", *(key for key, _ in OPINIONS),
            "rtre_without_opinions"]
 
 
@@ -69,10 +73,7 @@ def register_one(job):
         z, z_mi = reg.quality.get("z"), reg.quality.get("z_mi")
         row.update(steps=reg.steps, suspect=reg.quality.get("suspect"), z=None if z is None else round(z, 3),
                    z_mi=None if z_mi is None else round(z_mi, 3),
-                   chosen=reg.quality.get("chosen"),
-                   second_opinion=_kept(reg.quality.get("second_opinion")),
-                   rigid_opinion=_kept(reg.quality.get("rigid_opinion")),
-                   candidate_opinion=_kept(reg.quality.get("candidate_opinion")))
+                   chosen=reg.quality.get("chosen"), **{key: _kept(reg.quality.get(key)) for key, _ in OPINIONS})
         before = without_opinions(matrix, reg.quality)
         row["rtre_without_opinions"] = float(np.median(tre(before, fixed_pts, moving_pts)) / image_diagonal(hw))
     except Exception as exc:  # noqa: BLE001 - a failed pair is a row, not the end of the run
@@ -87,8 +88,7 @@ def register_one(job):
 
 
 def _kept(opinion) -> str:
-    """The ``second_opinion``, ``rigid_opinion`` and ``candidate_opinion`` columns: which result was kept, ``skipped`` where none was
-    needed, empty without one."""
+    """The columns of ``OPINIONS``: which result was kept, ``skipped`` where none was needed, empty without one."""
     if not opinion:
         return ""
     return "skipped" if opinion.get("skipped") else opinion.get("kept", "")
@@ -96,8 +96,8 @@ def _kept(opinion) -> str:
 
 def without_opinions(matrix: np.ndarray, quality: dict) -> np.ndarray:
     """The first registration's matrix, before any further opinion replaced it: each opinion that kept its own
-    result records the one it replaced (``other_matrix``); undone last first (candidate, rigid, then second)."""
-    for key, new in (("candidate_opinion", "candidate"), ("rigid_opinion", "rigid"), ("second_opinion", "second")):
+    result records the one it replaced (``other_matrix``); undone last first."""
+    for key, new in reversed(OPINIONS):
         opinion = quality.get(key) or {}
         if opinion.get("kept") == new and opinion.get("other_matrix") is not None:
             matrix = np.asarray(opinion["other_matrix"], dtype=float)
@@ -123,9 +123,7 @@ def report(rows, limit: float = 0.01) -> str:
         left_out = ", ".join(" ".join(k) for k in sorted(UNSCOREABLE))
         lines.append(f"all but {left_out} (ground truth does not line up the images: audit_truth.py): "
                      f"{ok}/{len(scoreable)} = {ok / len(scoreable):.1%}")
-    asked = [r for r in rows if r.get("second_opinion") not in (None, "", "skipped")
-             or r.get("rigid_opinion") not in (None, "", "skipped")
-             or r.get("candidate_opinion") not in (None, "", "skipped")]
+    asked = [r for r in rows if any(r.get(key) not in (None, "", "skipped") for key, _ in OPINIONS)]
     if asked:
         before = sum(r["rtre_without_opinions"] <= limit for r in asked)
         after = sum(r["rtre"] <= limit for r in asked)
