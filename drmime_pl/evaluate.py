@@ -54,12 +54,21 @@ stopped by SIGINT / SIGTERM / SIGHUP (the outputs then cover the pairs done so f
 """
 from __future__ import annotations
 
-import sys
+from typing import NoReturn
 
 from .cli import evaluate_main as main
 from .evaluation.metrics import PairResult, auc, auc_steps, success_curve, summarise  # documented for scripts
 
-__all__ = ["main", "PairResult", "auc", "auc_steps", "success_curve", "summarise"]
+__all__ = ["main", "run", "PairResult", "auc", "auc_steps", "success_curve", "summarise"]
+
+
+def run() -> NoReturn:
+    """The ``drmime-evaluate`` script and ``python -m drmime_pl.evaluate``: :func:`main`, then the process ends
+    without Python's teardown (:mod:`drmime_pl.process_exit`)."""
+    from .process_exit import run_and_exit
+
+    run_and_exit(main)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

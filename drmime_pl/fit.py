@@ -6,11 +6,20 @@ The command line is :func:`drmime_pl.cli.fit_main`; the job, as a function of a 
 """
 from __future__ import annotations
 
-import sys
+from typing import NoReturn
 
 from .cli import fit_main as main
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
+
+
+def run() -> NoReturn:
+    """The ``drmime-fit`` script and ``python -m drmime_pl.fit``: :func:`main`, then the process ends without Python's
+    teardown (:mod:`drmime_pl.process_exit`)."""
+    from .process_exit import run_and_exit
+
+    run_and_exit(main)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

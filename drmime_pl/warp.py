@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import NoReturn
 
 from .api import warp as _api_warp
 from .cli import warp_main as main  # noqa: F401
@@ -18,7 +19,15 @@ class _CallableModule(types.ModuleType):
         return _api_warp(*args, **kwargs)
 
 
+def run() -> NoReturn:
+    """The ``drmime-warp`` script and ``python -m drmime_pl.warp``: :func:`main`, then the process ends without Python's
+    teardown (:mod:`drmime_pl.process_exit`)."""
+    from .process_exit import run_and_exit
+
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
 else:
     sys.modules[__name__].__class__ = _CallableModule
