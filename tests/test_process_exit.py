@@ -96,3 +96,18 @@ def test_command_line_usage_error_exits_2_with_one_line(tmp_path):
     assert done.returncode == 2
     assert "missing.yaml" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_every_console_script_ends_through_run_and_exit():
+    import importlib
+    import inspect
+    import tomllib
+
+    from .conftest import REPO
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"drmime-fit", "drmime-evaluate", "drmime-warp"}
+    for target in scripts.values():
+        module, name = target.split(":")
+        entry = getattr(importlib.import_module(module), name)
+        assert "run_and_exit(main)" in inspect.getsource(entry), target
