@@ -12,7 +12,7 @@ import pytest
 
 # A process that ends through run_and_exit: a module-level object whose __del__ prints only when Python tears the
 # module down; an atexit function and a non-daemon thread that each write a file; an idle thread pool left open
-# (its thread ends only when Python's exit shuts the pool down); output buffered on a pipe.
+# (its thread ends only when Python's exit shuts the pool down); output still buffered for a pipe.
 SCRIPT = textwrap.dedent("""
     import atexit, sys, threading, time
     from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +36,8 @@ SCRIPT = textwrap.dedent("""
     def main():
         threading.Thread(target=late).start()
         pool.submit(print, "pool", flush=True).result()
-        print("x" * 100000)  # more than a pipe's buffer holds: lost unless flushed
+        print("x" * 100000)  # more than a pipe's buffer holds
+        print("the end")  # still in stdout's buffer when main returns: lost unless flushed
         return {code}
 
     run_and_exit(main)
@@ -46,14 +47,16 @@ SCRIPT = textwrap.dedent("""
 def run_script(tmp_path: Path, code: str, **env) -> subprocess.CompletedProcess:
     script = tmp_path / "script.py"
     script.write_text(SCRIPT.format(code=code))
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as on a pipe
     return subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env})
+                          env={**base, **env})
 
 
 def test_fast_exit_skips_the_teardown_and_keeps_what_exit_promises(tmp_path):
     done = run_script(tmp_path, "3", DRMIME_PL_FULL_EXIT="0")  # hangs (timeout) if the pool's thread is not ended
     assert done.returncode == 3
-    assert "x" * 100000 in done.stdout  # flushed
+    assert "x" * 100000 in done.stdout
+    assert done.stdout.rstrip().endswith("the end")  # flushed
     assert "torn down" not in done.stdout  # no teardown
     assert (tmp_path / "atexit.txt").read_text() == "ran"
     assert (tmp_path / "thread.txt").read_text() == "ran"  # waited for, as Python waits
