@@ -114,3 +114,12 @@ def test_every_console_script_ends_through_run_and_exit():
         module, name = target.split(":")
         entry = getattr(importlib.import_module(module), name)
         assert "run_and_exit(main)" in inspect.getsource(entry), target
+
+
+def test_a_profiler_still_writes_its_results(tmp_path):
+    """``python -m cProfile`` writes its file after the module returns: the teardown is kept under a profiler."""
+    stats = tmp_path / "fit.prof"
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "drmime_pl.fit", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert stats.stat().st_size > 1000
