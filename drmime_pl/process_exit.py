@@ -47,8 +47,8 @@ def exit_process(code) -> NoReturn:
     if keeps_teardown() or threading.current_thread() is not threading.main_thread():
         sys.exit(code)
     status = _status(code)
-    # What Python's finalisation does first, in its order (CPython's private hooks, there since Python 3.0/3.9):
-    # threading's exit functions (thread pools let their idle threads end), then every non-daemon thread joined,
+    # What CPython's finalisation does first, in its order and through the same (private) hooks it calls:
+    # threading's exit functions (thread pools let their idle threads end) and every non-daemon thread joined,
     # then the atexit functions.
     wait_for_threads: Optional[Callable[[], None]] = getattr(threading, "_shutdown", None)
     run_exit_functions: Optional[Callable[[], None]] = getattr(atexit, "_run_exitfuncs", None)

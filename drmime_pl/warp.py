@@ -11,7 +11,7 @@ import types
 from typing import NoReturn
 
 from .api import warp as _api_warp
-from .cli import warp_main as main  # noqa: F401
+from .cli import warp_main as main
 
 
 class _CallableModule(types.ModuleType):
