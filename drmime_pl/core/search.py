@@ -299,18 +299,15 @@ def global_search(
     # refinement a zoomed-in candidate can outscore the truth that a finer level ranked first.
     starts: List[Candidate] = []
     always: List[Candidate] = []
+    finest, between = _finest_stage(level(SHIFT_STAGES[0][0]), model, grid_a, grid_s, step)
     for stage, (size, centred) in enumerate(SHIFT_STAGES):
-        found = best_shifts(level(size), grid_a, grid_s, centred=centred)
-        if stage == 0:
-            finest = found
+        found = finest if stage == 0 else best_shifts(level(size), grid_a, grid_s, centred=centred)
         _add_best_distinct(found, starts, always, keep[0], step, log_ratio,
                            go_on=ALWAYS_FROM_FINEST if stage == 0 else 1)
-    if dofs >= 3:  # the finest level again, between the grid's angles next to its best candidates
-        size, centred = SHIFT_STAGES[0]
-        found = best_shifts(level(size), *_between_angles(finest, step), centred=centred)
+    if between:  # the finest level again, between the grid's angles next to its best candidates
         # Its best is the finest level's sharpest view of a candidate that a coarser level may have found on the
         # grid already: it goes on even as a near-duplicate, which would otherwise keep the blurrier copy only.
-        _add_best_distinct(found, starts, always, keep[0], step, log_ratio, best_even_if_near=True)
+        _add_best_distinct(between, starts, always, keep[0], step, log_ratio, best_even_if_near=True)
     always += list(seeds)
     refine_levels = [level(size) for size in REFINE_SIZES]
     shift_step = 2.0 * max(half_extent(fixed_hw, scale)) / max(refine_levels[0].fixed.shape[-2:])  # one pixel
@@ -356,11 +353,19 @@ def finest_candidates(level: Level, model: str, count: int) -> List[Candidate]:
     and no coarser level's ranking. The candidate opinion on a suspect registration
     (:func:`drmime_pl.core.quality.stands_out_most`) judges them itself."""
     angles, scales, step, log_ratio = search_grid(model)
+    on_grid, between = _finest_stage(level, model, angles, scales, step)
+    return _best_distinct(on_grid + between, count, step, log_ratio)
+
+
+def _finest_stage(level: Level, model: str, angles: torch.Tensor, scales: torch.Tensor, angle_step: float):
+    """Stage 1 on its finest level (the first of :data:`SHIFT_STAGES`): the candidates of the grid ``angles`` x
+    ``scales``, and, for models with a rotation, those at the angles between the grid's next to its best
+    (:func:`_between_angles`); ``(on the grid, between)``, the second empty without a rotation."""
     centred = SHIFT_STAGES[0][1]
-    found = best_shifts(level, angles, scales, centred=centred)
-    if TRANSFORM_DOFS[model] >= 3:
-        found = found + best_shifts(level, *_between_angles(found, step), centred=centred)
-    return _best_distinct(found, count, step, log_ratio)
+    on_grid = best_shifts(level, angles, scales, centred=centred)
+    if TRANSFORM_DOFS[model] < 3:
+        return on_grid, []
+    return on_grid, best_shifts(level, *_between_angles(on_grid, angle_step), centred=centred)
 
 
 def exact_levels_change_nothing(fixed_pyramid: Sequence[torch.Tensor], moving_pyramid: Sequence[torch.Tensor]) -> bool:
