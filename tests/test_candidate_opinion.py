@@ -59,6 +59,23 @@ def test_the_finest_candidates_include_the_truth_and_the_start_that_stands_out_i
     assert mean_corner_error(back, TRUTH, pair.fixed_hw) < 1.0
 
 
+def test_the_finer_scale_grid_offers_a_scale_between_the_default_grids():
+    """A truth zoomed by 1.19, halfway (in log) between the default grid's scales 1 and 1.41: only the opinions'
+    finer grid has a candidate at its angle within 5% of its scale."""
+    fixed, moving, _ = make_pair(90.0, 1.19)
+    pair = prepare_pair(fixed, moving, load_config(None).data, init="identity", model="affine")
+    level = Level.from_pyramids(pair.fixed_pyramid, [w > 0 for w in pair.fixed_weights], pair.moving_pyramid,
+                                pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale, 128, exact=True)
+
+    def scale_errors(scale_steps):
+        found = finest_candidates(level, "affine", fit_module.CANDIDATES_JUDGED, scale_steps)
+        return [abs(math.log(c.scale / 1.19)) for c in found
+                if abs(math.remainder(math.degrees(c.angle) - 90.0, 360.0)) <= 3.75]
+
+    assert min(scale_errors(search_module.FINE_SCALE_STEPS), default=1.0) < 0.05
+    assert min(scale_errors(search_module.SCALE_STEPS), default=1.0) > 0.15  # the grid's 1 or 1.41 at best
+
+
 def test_a_candidate_that_stands_out_more_on_both_measures_replaces_a_wrong_result():
     current = _suspect_at_identity()
     kept = fit_module.candidate_opinion(load_config(None, FAST), current, FIXED, MOVING, None, 0.0)

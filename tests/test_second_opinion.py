@@ -118,8 +118,8 @@ def test_exact_levels_change_nothing_only_where_the_pyramid_has_every_search_siz
 
 
 def test_where_the_search_levels_are_exact_already_both_searches_start_alike(tmp_path):
-    """The premise of skipping the second opinion: on a 256 px pair the search on exact levels finds the very start
-    the normal search finds."""
+    """Why such a pair's second search takes a finer scale grid: on a 256 px pair the search on exact levels alone
+    finds the very start the normal search finds."""
     from drmime_pl.config import load_config
     from drmime_pl.training.prepare import prepare_pair
 
@@ -131,23 +131,34 @@ def test_where_the_search_levels_are_exact_already_both_searches_start_alike(tmp
     assert normal.init is not None and normal.init.equal(exact.init)
 
 
-def test_a_suspect_pair_whose_search_would_repeat_gets_no_second_registration(tmp_path, monkeypatch):
+def test_a_suspect_pair_whose_levels_are_exact_already_is_searched_again_on_a_finer_scale_grid(tmp_path,
+                                                                                                 monkeypatch):
+    import drmime_pl.core.search as search_module
     import drmime_pl.training.fit as fit_module
+    from drmime_pl.core.search import FINE_SCALE_STEPS, SCALE_STEPS
 
-    calls = []
-    register_once = fit_module._register_once
+    calls, grids = [], []
+    register_once, search = fit_module._register_once, search_module.global_search
 
     def counted(cfg, *args, **kwargs):
-        calls.append((cfg.model.transform, kwargs.get("search_exact_levels", False)))
+        calls.append((cfg.model.transform, kwargs.get("search_exact_levels", False),
+                      kwargs.get("search_scale_steps")))
         return register_once(cfg, *args, **kwargs)
 
+    def searched(*args, **kwargs):
+        grids.append(kwargs["scale_steps"])
+        return search(*args, **kwargs)
+
     monkeypatch.setattr(fit_module, "_register_once", counted)
-    reg = drmime_pl.register(*_unrelated_at_256(tmp_path), overrides=QUICK)
+    monkeypatch.setattr(search_module, "global_search", searched)
+    reg = drmime_pl.register(*_unrelated_at_256(tmp_path), overrides=QUICK + ["model.candidate_opinion=false"])
     assert reg.quality["suspect"] is True
-    # the first registration, no second one on exact levels, and the rigid opinion on the result still suspect
-    assert calls == [("affine", False), ("rigid", False)]
+    # the first registration, the second on the finer grid (its exact levels alone would repeat the first), and
+    # the rigid opinion on the result still suspect
+    assert calls == [("affine", False, None), ("affine", True, FINE_SCALE_STEPS), ("rigid", False, None)]
+    assert grids == [SCALE_STEPS, FINE_SCALE_STEPS, SCALE_STEPS]  # what the searches scored
     opinion = reg.quality["second_opinion"]
-    assert opinion["kept"] == "first" and opinion["z_second"] is None and "repeat" in opinion["skipped"]
+    assert "skipped" not in opinion and opinion["z_second"] is not None  # it ran to its end, and was judged
 
 
 def test_a_suspect_registration_gets_a_second_and_a_rigid_opinion_and_only_the_kept_result_is_written(tmp_path):

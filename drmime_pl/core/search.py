@@ -55,6 +55,14 @@ BETWEEN_FRACTION = 0.3
 #: 52 probe pairs the final pick was within 5% rTRE of the truth for 36 with them, 25 without.
 REFINE_SIZES = (64, 128)
 REFINE_CENTRED = True
+#: Scales of stage 1's grid, evenly in log over 0.5-2: 41% apart, so a truth between two of them is up to 19% off
+#: the nearest (the compass refinement then reaches it, or not).
+SCALE_STEPS = 5
+#: ... and the finer grid the further opinions on a suspect result search (``model.second_opinion`` on a 256 px
+#: image, ``model.candidate_opinion``): 19% apart. As the first search, it lost 4 of the 202 real benchmark pairs
+#: for 2 gained (and took 22% longer); as an opinion, where the first search failed, it gained 2 and lost none
+#: (nineteenth round, benchmarks/RESULTS.md).
+FINE_SCALE_STEPS = 9
 
 
 @dataclass
@@ -261,7 +269,7 @@ def global_search(
     seeds: Sequence[Candidate] = (),
     angle_step_deg: float = 7.5,
     scale_range: Sequence[float] = (0.5, 2.0),
-    scale_steps: int = 5,
+    scale_steps: int = SCALE_STEPS,
     keep: Sequence[int] = (8, 4),
     exact_levels: bool = False,
 ) -> List[Candidate]:
@@ -273,7 +281,7 @@ def global_search(
         fixed_hw, moving_hw, scale: full-resolution sizes, pixels per normalised unit.
         model: rotations are searched for models with one (rigid and up), scales for similarity and up.
         seeds: starts that always compete in the refinement (identity, moments).
-        angle_step_deg, scale_range, scale_steps: the grid of stage 1.
+        angle_step_deg, scale_range, scale_steps: the grid of stage 1 (:func:`search_grid`).
         keep: how many candidates of each level of stage 1 go on to the refinement, and how many of those from its
             first level to the next (besides the seeds and each level's best, which go on to the end).
         exact_levels: score on levels of exactly 128, 64 and 32 px (``Level.from_pyramids(exact=True)``) instead of
@@ -328,7 +336,7 @@ def global_search(
 
 
 def search_grid(model: str, angle_step_deg: float = 7.5, scale_range: Sequence[float] = (0.5, 2.0),
-                scale_steps: int = 5):
+                scale_steps: int = SCALE_STEPS):
     """Stage 1's grid of linear parts for ``model``: every rotation in steps of ``angle_step_deg`` (models with a
     rotation) times ``scale_steps`` scales spaced evenly in log over ``scale_range`` (models with a scale).
     Returns ``(angles, scales, angle_step, log_ratio)``: ``M`` float64 each (radians; every pairing of the two), the
@@ -347,12 +355,12 @@ def search_grid(model: str, angle_step_deg: float = 7.5, scale_range: Sequence[f
     return grid_a.reshape(-1), grid_s.reshape(-1), step, log_ratio
 
 
-def finest_candidates(level: Level, model: str, count: int) -> List[Candidate]:
-    """The ``count`` best distinct candidates of stage 1 on ``level`` alone: the grid (:func:`search_grid`) and the
-    angles between it next to its best (:data:`BETWEEN_FRACTION`), by their shifts' z-scores, with no refinement
-    and no coarser level's ranking. The candidate opinion on a suspect registration
+def finest_candidates(level: Level, model: str, count: int, scale_steps: int = SCALE_STEPS) -> List[Candidate]:
+    """The ``count`` best distinct candidates of stage 1 on ``level`` alone: the grid (:func:`search_grid`, with
+    ``scale_steps`` scales) and the angles between it next to its best (:data:`BETWEEN_FRACTION`), by their shifts'
+    z-scores, with no refinement and no coarser level's ranking. The candidate opinion on a suspect registration
     (:func:`drmime_pl.core.quality.stands_out_most`) judges them itself."""
-    angles, scales, step, log_ratio = search_grid(model)
+    angles, scales, step, log_ratio = search_grid(model, scale_steps=scale_steps)
     on_grid, between = _finest_stage(level, model, angles, scales, step)
     return _best_distinct(on_grid + between, count, step, log_ratio)
 
@@ -372,7 +380,7 @@ def exact_levels_change_nothing(fixed_pyramid: Sequence[torch.Tensor], moving_py
     """Whether :func:`global_search` with ``exact_levels=True`` would score the very levels it scores without: every
     size it uses (:data:`SHIFT_STAGES`, :data:`REFINE_SIZES`) is already the long side of a level both pyramids
     have (a 256 px image halves to exactly 128, 64 and 32 px). Both searches, and so both registrations, are then
-    the same: a second opinion (``model.second_opinion``) would only repeat the first."""
+    the same: a second opinion (``model.second_opinion``) searches a finer scale grid instead."""
     sizes = {size for size, _ in SHIFT_STAGES} | set(REFINE_SIZES)
     long_sides = {max(img.shape[-2:]) for img in fixed_pyramid[:len(moving_pyramid)]}
     return sizes <= long_sides

@@ -133,26 +133,28 @@ def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_ind
     optimisations', and its ``checkpoint`` is None when the second was kept (the checkpoint is the first's).
 
     ``repeats_first``: the first search's levels were exactly those sizes already (``PreparedPair.search_levels_exact``,
-    a 256 px image), so the second registration would repeat the first step for step: it is not run, and the first
-    stands (``quality.second_opinion.skipped`` says why). On the real benchmark pairs that spares 12 suspect 256 px
-    pairs (MR/PET, SPECT/CT, two cross-season ones) a second registration that gave their first result again.
+    a 256 px image), so a search on exact levels would repeat the first step for step. The second search then
+    differs by its grid instead: :data:`~drmime_pl.core.search.FINE_SCALE_STEPS` scales, 19% apart instead of 41%.
+    On the real benchmark pairs it ran on 12 suspect 256 px pairs (MR/PET, SPECT/CT, two cross-season ones) and
+    gained `cv_crossseason-cs_3` (3.6% -> 0.8% rTRE), none lost (nineteenth round); until then they skipped it.
 
     ``first_start``: the first registration's initial coefficients (``PreparedPair.init``). When the second search
     picks exactly them, the rest of the second registration (same start, same seed) would repeat the first step for
     step: it stops after its search, and the first stands (``skipped`` says so). On the real benchmark pairs 4 of
     the 47 second registrations ended so (twelfth round).
     """
-    def skipped(why: str):
-        first.quality = dict(first.quality, second_opinion={
-            "z_first": first.quality.get("z"), "z_second": None, "kept": "first", "skipped": why})
-        return first
+    from ..core.search import FINE_SCALE_STEPS
 
-    if repeats_first:
-        return skipped("the search's levels are exactly 128, 64 and 32 px already: it would repeat the first")
+    how = "from a second search on a finer scale grid" if repeats_first else "from a second search"
     kept = _another_opinion(cfg, first, fixed, moving, fixed_mask, device_index, started, "second_opinion",
-                            ("first", "second"), "from a second search", search_exact_levels=True,
-                            unless_start=first_start)
-    return skipped("the second search picked the first's start: it would repeat the first") if kept is None else kept
+                            ("first", "second"), how, search_exact_levels=True,
+                            search_scale_steps=FINE_SCALE_STEPS if repeats_first else None, unless_start=first_start)
+    if kept is None:
+        first.quality = dict(first.quality, second_opinion={
+            "z_first": first.quality.get("z"), "z_second": None, "kept": "first",
+            "skipped": "the second search picked the first's start: it would repeat the first"})
+        return first
+    return kept
 
 
 def wants_rigid_opinion(cfg: DictConfig, result) -> bool:
@@ -182,9 +184,11 @@ def rigid_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_in
                             (cfg.model.transform, "rigid"), "with model.transform=rigid", transform="rigid")
 
 
-#: How many of the search's best distinct candidates on its finest level a candidate opinion judges. 8 gained the
-#: same 2 real benchmark pairs as 4 and took 77 s more over the 41 pairs that asked (seventeenth round).
-CANDIDATES_JUDGED = 4
+#: How many of the search's best distinct candidates on its finest level a candidate opinion judges, of a grid of
+#: :data:`~drmime_pl.core.search.FINE_SCALE_STEPS` scales. On the 41 real benchmark pairs that asked (nineteenth
+#: round): the finer grid with 4 candidates gained `vis_ir_6` and lost `nighttime-109`, whose truth fell to 5th;
+#: with 6 it gained `vis_ir_6` and lost none, 59 s more over the 41 pairs than the 5-scale grid with 4.
+CANDIDATES_JUDGED = 6
 
 
 def wants_candidate_opinion(cfg: DictConfig, result) -> bool:
@@ -200,7 +204,8 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     The search ranks its candidates on ~128, 64 and 32 px levels, where a night picture's edges barely show, and
     the optimisation starts from its first; the verdict judges on 256 px
     (:func:`~drmime_pl.core.quality.judge_level`). Here the :data:`CANDIDATES_JUDGED` best distinct candidates of
-    the search's finest level alone (:func:`~drmime_pl.core.search.finest_candidates`, on exactly 128 px) are each
+    the search's finest level alone (:func:`~drmime_pl.core.search.finest_candidates`, on exactly 128 px, with the
+    finer scale grid :data:`~drmime_pl.core.search.FINE_SCALE_STEPS`) are each
     refined on edges on the judge's level, and the one whose edges stand out most
     (:func:`~drmime_pl.core.quality.stands_out_most`) is polished and judged like any result (:func:`finish`:
     keep-best against identity, the verdict). It replaces ``current`` only when its ``z`` on edges (NGF) *and* its
@@ -216,7 +221,7 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     from ..core.geometry import TRANSFORM_DOFS
     from ..core.ngf import Level
     from ..core.quality import both_z, judge_level, stands_out_most
-    from ..core.search import SHIFT_STAGES, finest_candidates
+    from ..core.search import FINE_SCALE_STEPS, SHIFT_STAGES, finest_candidates
     from .prepare import prepare_pair
 
     m, d = cfg.model, cfg.data
@@ -233,7 +238,8 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
         level = Level.from_pyramids(pair.fixed_pyramid, [w > 0 for w in pair.fixed_weights], pair.moving_pyramid,
                                     pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale,
                                     SHIFT_STAGES[0][0], exact=True)
-        starts = torch.stack([c.matrix for c in finest_candidates(level, m.transform, CANDIDATES_JUDGED)])
+        found = finest_candidates(level, m.transform, CANDIDATES_JUDGED, FINE_SCALE_STEPS)
+        starts = torch.stack([c.matrix for c in found])
         pick = stands_out_most(judge, starts, m.transform)
         no_coefficients = torch.zeros(2, TRANSFORM_DOFS[m.transform], dtype=torch.float64)
         candidate = finish(cfg, pair, judge, pick, no_coefficients, [], 0, time.perf_counter() - begun, False,
@@ -273,9 +279,10 @@ def _finite_or_none(value: float):
 
 
 def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_index, started: float, key: str,
-                     names, how: str, search_exact_levels: bool = False, transform=None, unless_start=None):
+                     names, how: str, search_exact_levels: bool = False, search_scale_steps=None, transform=None,
+                     unless_start=None):
     """Register the pair once more, quietly (no logs, checkpoints, files or further opinions), with the search on
-    exact levels or another ``transform``, and keep the result that stands out more (:func:`better_opinion`,
+    exact levels (or ``search_scale_steps`` scales) or another ``transform``, and keep the result that stands out more (:func:`better_opinion`,
     recorded under ``quality[key]`` with ``names`` for the two). A failed registration leaves ``current``, with the
     error recorded. When the search picks exactly the coefficients ``unless_start``, the registration stops there
     and None is returned."""
@@ -294,7 +301,8 @@ def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device
               flush=True)
     try:
         other, _, _, _ = _register_once(other_cfg, fixed, moving, fixed_mask, (), device_index, started,
-                                        search_exact_levels=search_exact_levels, unless_start=unless_start)
+                                        search_exact_levels=search_exact_levels,
+                                        search_scale_steps=search_scale_steps, unless_start=unless_start)
     except SameStart:
         return None
     except RegistrationInterrupted:
@@ -339,7 +347,7 @@ class SameStart(Exception):
 
 
 def _register_once(cfg: DictConfig, fixed, moving, fixed_mask, callbacks, device_index, started: float,
-                   search_exact_levels: bool = False, unless_start=None):
+                   search_exact_levels: bool = False, search_scale_steps=None, unless_start=None):
     """One registration of :func:`fit`, its result files not yet written: ``(result, PreparedPair, the folder the
     result files go to or None, whether progress is printed as plain lines)``. Raises :class:`SameStart` when the
     initial coefficients are exactly ``unless_start`` (a second opinion that would repeat the first)."""
@@ -369,7 +377,8 @@ def _register_once(cfg: DictConfig, fixed, moving, fixed_mask, callbacks, device
         check_writable_dir(resumed_dir or logs, "fit.ckpt_path" if resumed_dir else "logging.log_dir")
 
     pair = prepare_pair(fixed, moving, d, init=m.init, model=m.transform, fixed_mask=fixed_mask,
-                        init_matrix=m.init_matrix, search_exact_levels=search_exact_levels)
+                        init_matrix=m.init_matrix, search_exact_levels=search_exact_levels,
+                        search_scale_steps=search_scale_steps)
     if unless_start is not None and pair.init is not None and torch.equal(pair.init, unless_start):
         raise SameStart()
     identity = {"transform": m.transform, "pair": pair.fingerprint(), "levels": pair.levels,

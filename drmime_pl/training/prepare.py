@@ -35,7 +35,7 @@ class PreparedPair:
     scale: float
     init: Optional[torch.Tensor]
     # The global search scored levels of exactly its sizes already (core/search.py: exact_levels_change_nothing), so
-    # a second opinion's search on exact levels would repeat it.
+    # a second opinion's search on exact levels would repeat it: it searches a finer scale grid instead.
     search_levels_exact: bool = False
 
     @property
@@ -81,26 +81,28 @@ def load_mask(mask: ImageLike, fixed_hw, name: str, max_pixels=None) -> torch.Te
 
 
 def _search(moments: torch.Tensor, fixed_pyr, masks, moving_pyr, moving_weights, fixed_hw, moving_hw, scale,
-            model, exact_levels: bool = False) -> torch.Tensor:
+            model, exact_levels: bool = False, scale_steps: Optional[int] = None) -> torch.Tensor:
     """Coefficients of the best initial transform of :func:`drmime_pl.core.search.global_search`: every rotation,
-    scales 0.5-2 and shifts up to half the image, with identity and the moments estimate competing."""
+    scales 0.5-2 (``scale_steps`` of them; None: the search's default) and shifts up to half the image, with
+    identity and the moments estimate competing."""
     from ..core.geometry import generator_basis, matrix_from_coefficients
-    from ..core.search import Candidate, global_search
+    from ..core.search import SCALE_STEPS, Candidate, global_search
 
     moments_matrix = matrix_from_coefficients(moments.double(), generator_basis(model).double())
     moments_scale = float(torch.linalg.det(moments_matrix[:2, :2]).clamp_min(1e-12).sqrt())
     seeds = [Candidate(0.0, 1.0, torch.zeros(2, dtype=torch.float64)),
              Candidate(0.0, moments_scale, moments_matrix[:2, 2].clone())]
     best = global_search(fixed_pyr, masks, moving_pyr, moving_weights, fixed_hw, moving_hw, scale, model, seeds,
-                         exact_levels=exact_levels)[0]
+                         exact_levels=exact_levels, scale_steps=scale_steps or SCALE_STEPS)[0]
     return best.coefficients(model)
 
 
 def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "moments", model: str = "perspective",
                  fixed_mask: Optional[ImageLike] = None, init_matrix: Optional[str] = None,
-                 search_exact_levels: bool = False) -> PreparedPair:
+                 search_exact_levels: bool = False, search_scale_steps: Optional[int] = None) -> PreparedPair:
     """Load, check and preprocess a pair. ``search_exact_levels``: the search (``init="search"``) scores on levels
-    of exactly its sizes (:func:`drmime_pl.core.search.global_search`'s ``exact_levels``).
+    of exactly its sizes (:func:`drmime_pl.core.search.global_search`'s ``exact_levels``); ``search_scale_steps``:
+    its grid's number of scales (None: the search's default).
 
     Raises:
         ImageError: unreadable files, an image too small for one pyramid level (short side < ``min_level_size``),
@@ -179,7 +181,8 @@ def prepare_pair(fixed: ImageLike, moving: ImageLike, data_cfg, init: str = "mom
                                              scale, model)
         if init == "search":
             init_coefficients = _search(init_coefficients, fixed_pyr, masks, moving_pyr, moving_weights,
-                                        fixed_t.shape[-2:], moving_t.shape[-2:], scale, model, search_exact_levels)
+                                        fixed_t.shape[-2:], moving_t.shape[-2:], scale, model, search_exact_levels,
+                                        search_scale_steps)
     from ..core.search import exact_levels_change_nothing
 
     return PreparedPair(fixed_name, moving_name, fixed_t, moving_t, fixed_pyr, moving_pyr, weights, moving_weights,
