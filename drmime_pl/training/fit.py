@@ -205,8 +205,8 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     the optimisation starts from its first; the verdict judges on 256 px
     (:func:`~drmime_pl.core.quality.judge_level`). Here the :data:`CANDIDATES_JUDGED` best distinct candidates of
     the search's finest level alone (:func:`~drmime_pl.core.search.finest_candidates`, on exactly 128 px, with the
-    finer scale grid :data:`~drmime_pl.core.search.FINE_SCALE_STEPS`) are each
-    refined on edges on the judge's level, and the one whose edges stand out most
+    finer scale grid :data:`~drmime_pl.core.search.FINE_SCALE_STEPS`) are each refined on edges on the judge's
+    level, and the one whose edges stand out most
     (:func:`~drmime_pl.core.quality.stands_out_most`) is polished and judged like any result (:func:`finish`:
     keep-best against identity, the verdict). It replaces ``current`` only when its ``z`` on edges (NGF) *and* its
     ``z`` on intensities (histogram MI) are both higher than ``current``'s. On the real benchmark pairs' suspect
@@ -282,10 +282,10 @@ def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device
                      names, how: str, search_exact_levels: bool = False, search_scale_steps=None, transform=None,
                      unless_start=None):
     """Register the pair once more, quietly (no logs, checkpoints, files or further opinions), with the search on
-    exact levels (or ``search_scale_steps`` scales) or another ``transform``, and keep the result that stands out more (:func:`better_opinion`,
-    recorded under ``quality[key]`` with ``names`` for the two). A failed registration leaves ``current``, with the
-    error recorded. When the search picks exactly the coefficients ``unless_start``, the registration stops there
-    and None is returned."""
+    exact levels (of ``search_scale_steps`` scales; None: the search's default) or another ``transform``, and keep
+    the result that stands out more (:func:`better_opinion`, recorded under ``quality[key]`` with ``names`` for the
+    two). A failed registration leaves ``current``, with the error recorded. When the search picks exactly the
+    coefficients ``unless_start``, the registration stops there and None is returned."""
     import copy
 
     other_cfg = copy.deepcopy(cfg)
