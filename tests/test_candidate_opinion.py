@@ -35,7 +35,8 @@ def _suspect_at_identity():
     matrix = torch.eye(3, dtype=torch.float64)
     matrix[:2, 2] = 20.0  # the fixed image's centre on the moving canvas's: (200 - 160) / 2
     return SimpleNamespace(matrix=matrix.numpy(), matrix_normalised=torch.eye(3, dtype=torch.float64).numpy(),
-                           quality={"z": 0.5, "z_mi": 0.0, "suspect": True, "reason": "barely stands out"},
+                           quality={"z": 0.5, "z_mi": 0.0, "suspect": True, "doubtful": True,
+                                    "reason": "barely stands out"},
                            seconds=1.0, checkpoint="first.ckpt")
 
 
@@ -74,6 +75,31 @@ def test_the_finer_scale_grid_offers_a_scale_between_the_default_grids():
 
     assert min(scale_errors(search_module.FINE_SCALE_STEPS), default=1.0) < 0.05
     assert min(scale_errors(search_module.SCALE_STEPS), default=1.0) > 0.15  # the grid's 1 or 1.41 at best
+
+
+def test_the_candidate_level_keeps_a_pixel_within_three_of_the_image_s_between_128_and_256_px():
+    assert [fit_module.candidate_level_size(n) for n in (160, 320, 384, 385, 640, 768, 769, 4000)] == [
+        128, 128, 128, 129, 214, 256, 256, 256]
+
+
+def test_a_larger_pair_s_candidates_are_found_on_a_larger_level_and_the_truth_is_kept(monkeypatch):
+    """A 480 px pair turned by 90 degrees: the candidates come from an exact 160 px level, and the kept one lies
+    within a pixel of the truth."""
+    fixed, moving, truth = make_pair(90.0, 1.0, size=480, canvas=600)
+    sizes = []
+    original = search_module.finest_candidates
+
+    def recorded(level, *args, **kwargs):
+        sizes.append(tuple(level.fixed.shape[-2:]))
+        return original(level, *args, **kwargs)
+
+    monkeypatch.setattr(search_module, "finest_candidates", recorded)
+    current = _suspect_at_identity()
+    current.matrix[:2, 2] = 60.0  # the centres of 480 and 600 px
+    kept = fit_module.candidate_opinion(load_config(None, FAST), current, fixed, moving, None, 0.0)
+    assert sizes == [(160, 160)]
+    assert kept.quality["candidate_opinion"]["kept"] == "candidate"
+    assert mean_corner_error(kept.matrix, truth, kept.fixed_shape) < 1.0, kept.quality
 
 
 def test_a_candidate_that_stands_out_more_on_both_measures_replaces_a_wrong_result():

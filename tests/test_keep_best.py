@@ -42,12 +42,17 @@ def test_a_result_clearly_better_than_identity_is_kept():
 
 def test_a_result_is_suspect_only_when_neither_its_edges_nor_its_intensities_stand_out(monkeypatch):
     """The verdict's rule: NGF's z below SUSPECT_Z flags a result unless histogram MI's z, over the same misaligned
-    copies, reaches MI_TRUST_Z; MI's z is computed only when NGF's falls short."""
+    copies, reaches MI_TRUST_Z; MI's z is computed only when NGF's falls below REVIEW_Z. Between SUSPECT_Z and
+    REVIEW_Z an unflagged result is still ``doubtful`` when MI does not vouch for it (the opinions look again)."""
     import drmime_pl.core.quality as quality
     from drmime_pl.core.histogram_mi import symmetric_histogram_mi
 
+    assert quality.SUSPECT_Z < quality.REVIEW_Z
+    between = (quality.SUSPECT_Z + quality.REVIEW_Z) / 2
     level, truth = _shifted_pair(4.0)
-    for z_ngf, z_mi, suspect in ((6.0, None, False), (3.0, 5.0, False), (3.0, 2.0, True), (3.0, float("nan"), True)):
+    for z_ngf, z_mi, suspect, doubtful in ((6.0, None, False, False), (between, 2.0, False, True),
+                                           (between, 5.0, False, False), (3.0, 5.0, False, False),
+                                           (3.0, 2.0, True, True), (3.0, float("nan"), True, True)):
         asked = []
 
         def stand_out(level, matrix, value, score=symmetric_ngf):
@@ -56,9 +61,12 @@ def test_a_result_is_suspect_only_when_neither_its_edges_nor_its_intensities_sta
 
         monkeypatch.setattr(quality, "stand_out", stand_out)
         _, verdict = choose_and_judge(level, truth, None)
-        assert verdict.suspect is suspect, (z_ngf, z_mi)
+        assert verdict.suspect is suspect and verdict.doubtful is doubtful, (z_ngf, z_mi)
+        assert verdict.to_json()["doubtful"] is doubtful
         assert (symmetric_histogram_mi in asked) is (z_mi is not None)
         recorded = verdict.to_json()["z_mi"]
         assert recorded == (z_mi if z_mi is not None and z_mi == z_mi else None)
         if suspect:
             assert "MI z" in verdict.reason and f"{quality.MI_TRUST_Z}" in verdict.reason
+        else:
+            assert verdict.reason == ""

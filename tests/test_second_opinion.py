@@ -21,7 +21,8 @@ UNRELATED = (str(SAMPLES / "birl" / "images" / "artificial_reference.jpg"),
 def _opinion(z, seconds=1.0):
     matrix = np.eye(3)
     matrix[0, 2] = seconds  # tells the opinions' matrices apart
-    return SimpleNamespace(quality={"z": z, "suspect": True}, seconds=seconds, checkpoint="first.ckpt", matrix=matrix)
+    return SimpleNamespace(quality={"z": z, "suspect": True, "doubtful": True}, seconds=seconds,
+                           checkpoint="first.ckpt", matrix=matrix)
 
 
 def _shifted(x):
@@ -209,7 +210,21 @@ def test_a_rigid_model_or_a_fixed_start_gets_no_rigid_opinion():
     for override in ("model.transform=rigid", "model.transform=translation", "model.rigid_opinion=false",
                      "model.init=moments", "fit.ckpt_path=x.ckpt"):
         assert not wants_rigid_opinion(load_config(None, [override]), suspect), override
-    assert not wants_rigid_opinion(load_config(None), SimpleNamespace(quality={"z": 6.0, "suspect": False}))
+    assert not wants_rigid_opinion(load_config(None), SimpleNamespace(quality={"z": 6.0, "suspect": False,
+                                                                                "doubtful": False}))
+
+
+def test_the_further_opinions_follow_the_doubt_not_the_flag():
+    """A result between SUSPECT_Z and REVIEW_Z is not flagged but is registered again; a flagged one always is."""
+    from drmime_pl.config import load_config
+    from drmime_pl.training.fit import wants_candidate_opinion, wants_rigid_opinion, wants_second_opinion
+
+    cfg = load_config(None)
+    doubtful = SimpleNamespace(quality={"z": 4.2, "z_mi": 2.0, "suspect": False, "doubtful": True})
+    trusted = SimpleNamespace(quality={"z": 4.2, "z_mi": 4.5, "suspect": False, "doubtful": False})
+    for wants in (wants_second_opinion, wants_rigid_opinion, wants_candidate_opinion):
+        assert wants(cfg, doubtful) and wants(cfg, _opinion(2.0)), wants
+        assert not wants(cfg, trusted), wants
 
 
 def _unrelated_small(tmp_path):

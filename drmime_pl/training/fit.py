@@ -68,9 +68,9 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
     ``<logging.log_dir>/<logging.name>/version_N`` (a relative ``log_dir`` lies inside ``output.dir`` when that is
     set; a resumed run continues in its checkpoint's run folder: :mod:`drmime_pl.paths`); and the result files into
     ``output.dir`` (default: that version folder). Progress goes to stderr (:mod:`drmime_pl.training.progress`).
-    A result the verdict finds suspect gets a second opinion (``model.second_opinion``: :func:`second_opinion`), and
-    one still suspect then a rigid one (``model.rigid_opinion``: :func:`rigid_opinion`), before anything is
-    written. Raises :class:`~drmime_pl.errors.DrmimeError` subclasses for bad input and failed
+    A result the verdict finds doubtful gets a second opinion (``model.second_opinion``: :func:`second_opinion`),
+    and one still doubtful then a rigid one (``model.rigid_opinion``: :func:`rigid_opinion`) and a candidate one,
+    before anything is written. Raises :class:`~drmime_pl.errors.DrmimeError` subclasses for bad input and failed
     runs; no ``transform.json`` is written then.
     """
     from ..core.tasks import workers
@@ -92,10 +92,10 @@ def fit(cfg: DictConfig, fixed=None, moving=None, fixed_mask=None, callbacks=(),
 
 
 def further_opinions(cfg: DictConfig, result, pair, fixed, moving, fixed_mask, device_index, started: float):
-    """A suspect ``result`` of ``pair`` (its :class:`~drmime_pl.training.prepare.PreparedPair`) gets a second
-    opinion (:func:`second_opinion`), a result still suspect then a rigid one (:func:`rigid_opinion`), and one
-    still suspect after that a candidate opinion (:func:`candidate_opinion`), as the config asks: the kept
-    result."""
+    """A doubtful ``result`` of ``pair`` (its :class:`~drmime_pl.training.prepare.PreparedPair`; ``quality.doubtful``,
+    a higher bar than ``suspect``) gets a second opinion (:func:`second_opinion`), a result still doubtful then a
+    rigid one (:func:`rigid_opinion`), and one still doubtful after that a candidate opinion
+    (:func:`candidate_opinion`), as the config asks: the kept result."""
     if wants_second_opinion(cfg, result):
         result = second_opinion(cfg, result, fixed, moving, fixed_mask, device_index, started,
                                 repeats_first=pair.search_levels_exact, first_start=pair.init)
@@ -106,16 +106,17 @@ def further_opinions(cfg: DictConfig, result, pair, fixed, moving, fixed_mask, d
     return result
 
 
-def _suspect_after_search(cfg: DictConfig, result) -> bool:
-    """Whether the verdict finds ``result`` suspect and it started from the global search (not from
-    ``model.init_matrix`` or a checkpoint, which fix the start): what every further opinion needs."""
+def _doubtful_after_search(cfg: DictConfig, result) -> bool:
+    """Whether the verdict finds ``result`` doubtful (``quality.doubtful``: below
+    :data:`~drmime_pl.core.quality.REVIEW_Z`, a higher bar than the flag's) and it started from the global search
+    (not from ``model.init_matrix`` or a checkpoint, which fix the start): what every further opinion needs."""
     m = cfg.model
-    return bool(m.init == "search" and not m.init_matrix and not cfg.fit.ckpt_path and result.quality.get("suspect"))
+    return bool(m.init == "search" and not m.init_matrix and not cfg.fit.ckpt_path and result.quality.get("doubtful"))
 
 
 def wants_second_opinion(cfg: DictConfig, result) -> bool:
-    """Whether ``result`` gets a second opinion: ``model.second_opinion`` is on and :func:`_suspect_after_search`."""
-    return bool(cfg.model.second_opinion) and _suspect_after_search(cfg, result)
+    """Whether ``result`` gets a second opinion: ``model.second_opinion`` is on and :func:`_doubtful_after_search`."""
+    return bool(cfg.model.second_opinion) and _doubtful_after_search(cfg, result)
 
 
 def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_index, started: float,
@@ -159,12 +160,12 @@ def second_opinion(cfg: DictConfig, first, fixed, moving, fixed_mask, device_ind
 
 def wants_rigid_opinion(cfg: DictConfig, result) -> bool:
     """Whether ``result`` gets a rigid opinion: ``model.rigid_opinion`` is on, the model has more freedom than
-    ``rigid`` (similarity, affine, perspective), and :func:`_suspect_after_search` (still, after a second opinion)."""
+    ``rigid`` (similarity, affine, perspective), and :func:`_doubtful_after_search` (still, after a second opinion)."""
     from ..core.geometry import TRANSFORM_DOFS
 
     m = cfg.model
     return (bool(m.rigid_opinion) and TRANSFORM_DOFS[m.transform] > TRANSFORM_DOFS["rigid"]
-            and _suspect_after_search(cfg, result))
+            and _doubtful_after_search(cfg, result))
 
 
 def rigid_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_index, started: float):
@@ -189,30 +190,45 @@ def rigid_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_in
 #: round): the finer grid with 4 candidates gained `vis_ir_6` and lost `nighttime-109`, whose truth fell to 5th;
 #: with 6 it gained `vis_ir_6` and lost none, 59 s more over the 41 pairs than the 5-scale grid with 4.
 CANDIDATES_JUDGED = 6
+#: A pixel of the level a candidate opinion finds its candidates on covers at most this many pixels of the finest
+#: pyramid level, within the search's 128 px and the judge's 256 px: a 320 px night picture keeps 128 px, a 640 px
+#: fundus photograph gets 214 px. At 128 px its vessels are 5 px apart and `retina_88`'s truth was not among the 8
+#: best candidates; on 214 px it is found and kept (4.2% -> 0.30% rTRE; twentieth round). A fixed 160 px lost two
+#: night pictures, whose wrong candidates stand out more there (nineteenth round).
+CANDIDATE_DETAIL = 3
+
+
+def candidate_level_size(long_side: int) -> int:
+    """The long side, in px, of the exact level a candidate opinion searches, for a finest pyramid level whose
+    long side is ``long_side`` px (:data:`CANDIDATE_DETAIL`)."""
+    from ..core.quality import JUDGE_SIZE
+    from ..core.search import SHIFT_STAGES
+
+    return int(min(JUDGE_SIZE, max(SHIFT_STAGES[0][0], math.ceil(long_side / CANDIDATE_DETAIL))))
 
 
 def wants_candidate_opinion(cfg: DictConfig, result) -> bool:
     """Whether ``result`` gets a candidate opinion: ``model.candidate_opinion`` is on and
-    :func:`_suspect_after_search` (still, after the second and rigid opinions)."""
-    return bool(cfg.model.candidate_opinion) and _suspect_after_search(cfg, result)
+    :func:`_doubtful_after_search` (still, after the second and rigid opinions)."""
+    return bool(cfg.model.candidate_opinion) and _doubtful_after_search(cfg, result)
 
 
 def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, started: float):
     """Let the verdict itself rank the search's candidates, and keep the best of them instead of ``current`` only
     when *both* measures say it stands out more.
 
-    The search ranks its candidates on ~128, 64 and 32 px levels, where a night picture's edges barely show, and
-    the optimisation starts from its first; the verdict judges on 256 px
-    (:func:`~drmime_pl.core.quality.judge_level`). Here the :data:`CANDIDATES_JUDGED` best distinct candidates of
-    the search's finest level alone (:func:`~drmime_pl.core.search.finest_candidates`, on exactly 128 px, with the
-    finer scale grid :data:`~drmime_pl.core.search.FINE_SCALE_STEPS`) are each refined on edges on the judge's
-    level, and the one whose edges stand out most
-    (:func:`~drmime_pl.core.quality.stands_out_most`) is polished and judged like any result (:func:`finish`:
-    keep-best against identity, the verdict). It replaces ``current`` only when its ``z`` on edges (NGF) *and* its
-    ``z`` on intensities (histogram MI) are both higher than ``current``'s. On the real benchmark pairs' suspect
-    results (a probe of 8 candidates each) the edges alone preferred a wrong candidate for 3 successes (a map, a
-    night-time and an MR/PET pair) as often as a right one for failures; with both measures required to agree, as
-    in the polish, 2 night-time pairs were gained and none lost (``benchmarks/RESULTS.md``, seventeenth round).
+    The search ranks its candidates on ~128, 64 and 32 px levels, where a night picture's edges barely show, and the
+    optimisation starts from its first; the verdict judges on 256 px (:func:`~drmime_pl.core.quality.judge_level`).
+    Here the :data:`CANDIDATES_JUDGED` best distinct candidates of the search's finest level alone
+    (:func:`~drmime_pl.core.search.finest_candidates`, on an exact level of 128 to 256 px:
+    :func:`candidate_level_size`, with the finer scale grid :data:`~drmime_pl.core.search.FINE_SCALE_STEPS`) are
+    each refined on edges on the judge's level, and the one whose edges stand out most
+    (:func:`~drmime_pl.core.quality.stands_out_most`) is polished and judged like any result (:func:`finish`: keep-
+    best against identity, the verdict). It replaces ``current`` only when its ``z`` on edges (NGF) *and* its ``z``
+    on intensities (histogram MI) are both higher than ``current``'s. On the real benchmark pairs' suspect results
+    (a probe of 8 candidates each) the edges alone preferred a wrong candidate for 3 successes (a map, a night-time
+    and an MR/PET pair) as often as a right one for failures; with both measures required to agree, as in the
+    polish, 2 night-time pairs were gained and none lost (``benchmarks/RESULTS.md``, seventeenth round).
 
     No MINE optimisation runs for the candidate: a kept candidate has ``steps`` 0, no ``mi_per_level`` and
     ``quality.chosen`` ``candidate`` (or ``identity``). When the opinion fails, ``current`` stands. Returns the
@@ -221,13 +237,13 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     from ..core.geometry import TRANSFORM_DOFS
     from ..core.ngf import Level
     from ..core.quality import both_z, judge_level, stands_out_most
-    from ..core.search import FINE_SCALE_STEPS, SHIFT_STAGES, finest_candidates
+    from ..core.search import FINE_SCALE_STEPS, finest_candidates
     from .prepare import prepare_pair
 
     m, d = cfg.model, cfg.data
     if cfg.logging.progress_bar:
         z = current.quality.get("z")
-        print(f"suspect result (z {'n/a' if z is None else f'{z:.1f}'}): judging the search's best candidates",
+        print(f"doubtful result (z {'n/a' if z is None else f'{z:.1f}'}): judging the search's best candidates",
               file=sys.stderr, flush=True)
     begun = time.perf_counter()
     try:
@@ -237,7 +253,7 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
         judge = judge_level(pair)
         level = Level.from_pyramids(pair.fixed_pyramid, [w > 0 for w in pair.fixed_weights], pair.moving_pyramid,
                                     pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale,
-                                    SHIFT_STAGES[0][0], exact=True)
+                                    candidate_level_size(max(pair.fixed_pyramid[0].shape[-2:])), exact=True)
         found = finest_candidates(level, m.transform, CANDIDATES_JUDGED, FINE_SCALE_STEPS)
         starts = torch.stack([c.matrix for c in found])
         pick = stands_out_most(judge, starts, m.transform)
@@ -267,7 +283,7 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     if both_higher and not kept.quality.get("suspect"):
         # A kept candidate stays suspect: no optimisation confirmed it, and on the real benchmark pairs every
         # candidate whose own verdict cleared it was wrong (3 of 3; the right ones stayed below the threshold).
-        kept.quality = dict(kept.quality, suspect=True,
+        kept.quality = dict(kept.quality, suspect=True, doubtful=True,
                             reason="picked from the search's candidates after the registration and its further "
                                    "opinions were suspect; no optimisation confirmed it")
     return kept
@@ -297,7 +313,7 @@ def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device
         other_cfg.model.transform = transform
     if cfg.logging.progress_bar:
         z = current.quality.get("z")
-        print(f"suspect result (z {'n/a' if z is None else f'{z:.1f}'}): registering again {how}", file=sys.stderr,
+        print(f"doubtful result (z {'n/a' if z is None else f'{z:.1f}'}): registering again {how}", file=sys.stderr,
               flush=True)
     try:
         other, _, _, _ = _register_once(other_cfg, fixed, moving, fixed_mask, (), device_index, started,

@@ -65,7 +65,7 @@ def fit_batches(cfg: DictConfig, pairs: Sequence[PairSpec], batch_size: int,
     """Register ``pairs`` in batches of ``batch_size``, yielding each batch's results (in order) as it finishes.
 
     Per batch: the pairs are prepared (read, checked, pyramids, masks, initial search) on ``fit.workers`` threads,
-    optimised together in one loop, then judged and polished on the workers again; the suspect ones get their second
+    optimised together in one loop, then judged and polished on the workers again; the doubtful ones get their second
     and rigid opinions one after the other (``model.second_opinion``, ``model.rigid_opinion``), and each pair's
     kept result is written. The next batch is
     prepared in the background while this one is optimised, so on a CPU both stages keep a core busy. With more
@@ -123,7 +123,7 @@ def _prepare(cfg: DictConfig, spec: PairSpec):
 
 def _optimise_and_finish(cfg, prepared: list, workers: int, device_index) -> List[Union[object, Exception]]:
     """The batch's shared optimisation, then each pair's :func:`~drmime_pl.training.fit.finish`, a second opinion
-    and then a rigid one for the suspect ones (:func:`~drmime_pl.training.fit.further_opinions`, one after the
+    and then a rigid one for the doubtful ones (:func:`~drmime_pl.training.fit.further_opinions`, one after the
     other), and their files."""
     from ..core.tasks import workers as task_workers
     from .fit import finish, further_opinions, write_result
