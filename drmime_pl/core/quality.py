@@ -41,7 +41,7 @@ REVIEW_Z = 4.5
 #: 3.2, while 4 successes lay between 4.0 and 4.5 (maps, RGB/NIR, MR/PET). The opinions still look again below
 #: 4.5: with 4.0 for them too, `rs_crossseason-cs5` lost the second opinion that brings it from 1.98% to 0.91%.
 SUSPECT_Z = 4.0
-#: A result whose edges barely stand out (z < SUSPECT_Z) is still trusted when its intensities do: its histogram MI
+#: A result whose edges barely stand out (z < REVIEW_Z) is still trusted when its intensities do: its histogram MI
 #: stands out from the same misaligned copies by at least this z (maps against photographs, RGB/NIR bands). On the
 #: 182 scoreable real pairs (twelfth round) the flagged failures reach at most 3.3 and the successes it clears 4.4.
 MI_TRUST_Z = 4.0

@@ -192,9 +192,9 @@ def rigid_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_in
 CANDIDATES_JUDGED = 6
 #: A pixel of the level a candidate opinion finds its candidates on covers at most this many pixels of the finest
 #: pyramid level, within the search's 128 px and the judge's 256 px: a 320 px night picture keeps 128 px, a 640 px
-#: fundus photograph gets 214 px. At 128 px its vessels are 5 px apart and `retina_88`'s truth was not among the 8
-#: best candidates; on 214 px it is found and kept (4.2% -> 0.30% rTRE; twentieth round). A fixed 160 px lost two
-#: night pictures, whose wrong candidates stand out more there (nineteenth round).
+#: fundus photograph gets 214 px. At 128 px a level pixel covers 5 of its pixels, and `retina_88`'s truth was not
+#: among the 8 best candidates; on 214 px it is found and kept (4.2% -> 0.30% rTRE; twentieth round). A fixed 160 px
+#: lost two night pictures, whose wrong candidates stand out more there (nineteenth round).
 CANDIDATE_DETAIL = 3
 
 
@@ -223,12 +223,12 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     (:func:`~drmime_pl.core.search.finest_candidates`, on an exact level of 128 to 256 px:
     :func:`candidate_level_size`, with the finer scale grid :data:`~drmime_pl.core.search.FINE_SCALE_STEPS`) are
     each refined on edges on the judge's level, and the one whose edges stand out most
-    (:func:`~drmime_pl.core.quality.stands_out_most`) is polished and judged like any result (:func:`finish`: keep-
-    best against identity, the verdict). It replaces ``current`` only when its ``z`` on edges (NGF) *and* its ``z``
-    on intensities (histogram MI) are both higher than ``current``'s. On the real benchmark pairs' suspect results
-    (a probe of 8 candidates each) the edges alone preferred a wrong candidate for 3 successes (a map, a night-time
-    and an MR/PET pair) as often as a right one for failures; with both measures required to agree, as in the
-    polish, 2 night-time pairs were gained and none lost (``benchmarks/RESULTS.md``, seventeenth round).
+    (:func:`~drmime_pl.core.quality.stands_out_most`) is polished and judged like any result (:func:`finish`:
+    keep-best against identity, the verdict). It replaces ``current`` only when its ``z`` on edges (NGF) *and* its
+    ``z`` on intensities (histogram MI) are both higher than ``current``'s. On the real benchmark pairs' suspect
+    results (a probe of 8 candidates each) the edges alone preferred a wrong candidate for 3 successes (a map, a
+    night-time and an MR/PET pair) as often as a right one for failures; with both measures required to agree, as in
+    the polish, 2 night-time pairs were gained and none lost (``benchmarks/RESULTS.md``, seventeenth round).
 
     No MINE optimisation runs for the candidate: a kept candidate has ``steps`` 0, no ``mi_per_level`` and
     ``quality.chosen`` ``candidate`` (or ``identity``). When the opinion fails, ``current`` stands. Returns the
