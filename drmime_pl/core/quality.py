@@ -235,8 +235,8 @@ def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[to
     z = stand_out(level, chosen, value)
     z_mi = None
     reasons = []
-    doubtful = False
-    if not math.isfinite(value):
+    doubtful = not math.isfinite(value)
+    if doubtful:
         reasons.append("the result overlaps too little of the moving image")
     elif not (z >= REVIEW_Z):
         mi = float(symmetric_histogram_mi(level, chosen[None])[0])
@@ -247,6 +247,6 @@ def choose_and_judge(level: Level, optimised: torch.Tensor, initial: Optional[to
                            f"intensities: MI z {z_mi:.1f} < {MI_TRUST_Z})")
     verdict = Verdict(chosen=names[best], ngf=value, ngf_identity=float(scores[2]), ngf_initial=float(scores[1]),
                       ngf_optimised=float(scores[0]), z=z, suspect=bool(reasons), reason="; ".join(reasons), z_mi=z_mi,
-                      doubtful=doubtful or bool(reasons))
+                      doubtful=doubtful)
     return chosen, verdict
 

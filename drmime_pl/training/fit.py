@@ -285,7 +285,7 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
         # candidate whose own verdict cleared it was wrong (3 of 3; the right ones stayed below the threshold).
         kept.quality = dict(kept.quality, suspect=True, doubtful=True,
                             reason="picked from the search's candidates after the registration and its further "
-                                   "opinions were suspect; no optimisation confirmed it")
+                                   "opinions were doubtful; no optimisation confirmed it")
     return kept
 
 
