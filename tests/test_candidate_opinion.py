@@ -97,7 +97,7 @@ def test_a_larger_pair_s_candidates_are_found_on_a_larger_level_and_the_truth_is
     current = _suspect_at_identity()
     current.matrix[:2, 2] = 60.0  # the centres of 480 and 600 px
     kept = fit_module.candidate_opinion(load_config(None, FAST), current, fixed, moving, None, 0.0)
-    assert sizes == [(160, 160)]
+    assert sizes == [(160, 160), (160, 160)]  # the centred candidates' and the plain ones' level
     assert kept.quality["candidate_opinion"]["kept"] == "candidate"
     assert mean_corner_error(kept.matrix, truth, kept.fixed_shape) < 1.0, kept.quality
 
@@ -117,10 +117,12 @@ def test_a_candidate_that_stands_out_more_on_both_measures_replaces_a_wrong_resu
 
 
 def test_the_candidate_is_kept_only_when_both_of_its_scores_are_higher(monkeypatch):
+    """``both_z`` answers, in turn, for the result, the centred candidates' pick and the plain candidates' pick."""
     cfg = load_config(None, FAST)
+    lowest = (float("-inf"), float("-inf"))
 
-    def scored(first, candidate):
-        calls = iter([first, candidate])
+    def scored(first, centred, plain=lowest):
+        calls = iter([first, centred, plain])
         monkeypatch.setattr(quality_module, "both_z", lambda level, matrix: next(calls))
         return fit_module.candidate_opinion(cfg, _suspect_at_identity(), FIXED, MOVING, None, 0.0)
 
@@ -131,9 +133,40 @@ def test_the_candidate_is_kept_only_when_both_of_its_scores_are_higher(monkeypat
     assert kept.quality["candidate_opinion"]["kept"] == "first"
     kept = scored((2.0, float("nan")), (2.5, 0.1))  # an uncomputable z counts as lowest
     assert kept.quality["candidate_opinion"]["kept"] == "candidate"
+    assert kept.quality["candidate_opinion"]["features"] == "centred"
     assert kept.quality["candidate_opinion"]["z_mi_first"] is None  # JSON has no NaN
     kept = scored((2.0, 1.0), (float("nan"), 4.0))
     assert kept.quality["candidate_opinion"]["kept"] == "first"
+
+
+def test_the_plain_candidates_pick_is_judged_apart_and_kept_when_only_it_beats_the_result(monkeypatch):
+    cfg = load_config(None, FAST)
+
+    def scored(first, centred, plain):
+        calls = iter([first, centred, plain])
+        monkeypatch.setattr(quality_module, "both_z", lambda level, matrix: next(calls))
+        return fit_module.candidate_opinion(cfg, _suspect_at_identity(), FIXED, MOVING, None, 0.0)
+
+    # The centred pick stands out more on edges but not on intensities; the plain one beats the result on both.
+    opinion = scored((2.0, 3.0), (6.0, 1.0), (3.0, 4.0)).quality["candidate_opinion"]
+    assert (opinion["kept"], opinion["features"], opinion["z_mi_candidate"]) == ("candidate", "plain", 4.0)
+    # Both beat the result: the one whose edges stand out more.
+    opinion = scored((2.0, 3.0), (4.0, 5.0), (3.0, 6.0)).quality["candidate_opinion"]
+    assert (opinion["kept"], opinion["features"]) == ("candidate", "centred")
+    # Neither does: the result stands, and the opinion records the pick that stands out more on edges.
+    opinion = scored((2.0, 3.0), (6.0, 1.0), (1.0, 9.0)).quality["candidate_opinion"]
+    assert (opinion["kept"], opinion["features"], opinion["z_mi_candidate"]) == ("first", "centred", 1.0)
+
+
+def test_the_plain_candidates_are_distinct_and_include_the_truth():
+    pair = prepare_pair(FIXED, MOVING, load_config(None).data, init="identity", model="affine")
+    level = Level.from_pyramids(pair.fixed_pyramid, [w > 0 for w in pair.fixed_weights], pair.moving_pyramid,
+                                pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale, 128, exact=True)
+    found = finest_candidates(level, "affine", fit_module.PLAIN_CANDIDATES_JUDGED, search_module.FINE_SCALE_STEPS,
+                              centred=False)
+    assert len(found) == fit_module.PLAIN_CANDIDATES_JUDGED
+    assert all(search_module._distinct(a, b, math.radians(7.5), 0.17) for a, b in zip(found, found[1:]))
+    assert abs(math.remainder(math.degrees(found[0].angle) - 90.0, 360.0)) <= 3.75, [c.angle for c in found]
 
 
 def test_a_failed_candidate_opinion_leaves_the_result(monkeypatch):
@@ -164,7 +197,8 @@ def test_a_suspect_registration_records_its_candidate_opinion_and_writes_the_kep
     reg = drmime_pl.register(*UNRELATED, overrides=QUICK, output_dir=str(out))
     assert reg.quality["suspect"] is True
     opinion = reg.quality["candidate_opinion"]  # after the second and the rigid opinion, still suspect
-    assert set(opinion) == {"z_first", "z_candidate", "z_mi_first", "z_mi_candidate", "kept", "other_matrix"}
+    assert set(opinion) == {"z_first", "z_candidate", "z_mi_first", "z_mi_candidate", "features", "kept",
+                            "other_matrix"}
     assert "second_opinion" in reg.quality and "rigid_opinion" in reg.quality  # carried over
     written = json.loads((out / "transform.json").read_text())
     assert written["matrix"] == reg.matrix.tolist() and written["quality"] == json.loads(json.dumps(reg.quality))

@@ -70,3 +70,30 @@ def test_a_result_is_suspect_only_when_neither_its_edges_nor_its_intensities_sta
             assert "MI z" in verdict.reason and f"{quality.MI_TRUST_Z}" in verdict.reason
         else:
             assert verdict.reason == ""
+
+
+def test_the_polish_keeps_mi_s_move_against_the_edges_only_where_they_barely_stand_out(monkeypatch):
+    """MI's refinement lowers NGF here; whether it stands depends on how far the edges and MI stand out at the
+    edges' pick (``both_z``, patched)."""
+    import drmime_pl.core.quality as quality
+
+    level, _ = _shifted_pair(0.0, size=64)
+    by_edges, by_mi = torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+    by_mi[0, 2] = 0.05
+
+    def refined(level, matrix, model, score=None, **kwargs):
+        return by_mi if score is quality.symmetric_histogram_mi else by_edges
+
+    monkeypatch.setattr(quality, "refine", refined)
+    monkeypatch.setattr(quality, "symmetric_ngf", lambda level, m: torch.tensor([0.5, 0.4])[: m.shape[0]])
+    nan = float("nan")
+    for z, z_mi, keeps_mi in [(2.5, 3.5, True),  # weak edges, MI stands out more
+                              (2.5, 2.0, False),  # weak edges, but MI stands out even less
+                              (4.5, 9.0, False),  # the edges stand out: their veto holds
+                              (nan, 3.0, True),  # edges uncomputable: no veto
+                              (2.5, nan, False)]:  # MI uncomputable: no word
+        monkeypatch.setattr(quality, "both_z", lambda level, m: (z, z_mi))
+        assert torch.equal(quality.polish(level, torch.eye(3, dtype=torch.float64), "affine"),
+                           by_mi if keeps_mi else by_edges), (z, z_mi)
+    assert quality.mi_outranks_edges(quality.EDGES_VETO_Z - 0.01, 5.0)
+    assert not quality.mi_outranks_edges(quality.EDGES_VETO_Z, 5.0)

@@ -10,7 +10,7 @@ alignment stands out from misalignments on neither is ``suspect`` (and, with a h
 another registration). The thresholds ``REVIEW_Z``, ``SUSPECT_Z`` and ``MI_TRUST_Z`` were chosen on the real
 benchmark pairs (benchmarks/RESULTS.md). Known blind spot: between two smooth random textures, a polished transform
 stands out from its shifted copies although nothing matches, so such a pair is not flagged. The winner is first
-polished (:func:`polish`): NGF, then histogram MI where the edges agree.
+polished (:func:`polish`): NGF, then histogram MI where the edges agree or stand out too little to judge.
 
 Convention: matrices are ``moving_norm_trans_fixed_norm`` (normalised frames of :mod:`drmime_pl.core.geometry`),
 float64 ``3 x 3``.
@@ -50,6 +50,12 @@ MI_TRUST_Z = 4.0
 #: ``vn_28``: 4.0% -> 0.27% rTRE) in the same 16 iterations; the search on NGF keeps its steps (eleventh round).
 MI_GROW = 2.0
 MAX_GROWTH = 4.0
+#: The polish refuses MI's move when it lowers NGF only where the edges can judge it: their z (:func:`stand_out`)
+#: reaches this. Below it, and where MI stands out more than the edges, MI's move stands. On blurred SPECT against
+#: CT the edges barely stand out (z 2.3-3.2) and peak 1-2% away from the truth, MI nearer it (`spect_ct_4` 1.40% ->
+#: 0.69% rTRE); where edges do stand out (maps at z 4.5-5, fundus pairs), MI's moves against them were wrong
+#: (twenty-first round, benchmarks/RESULTS.md).
+EDGES_VETO_Z = SUSPECT_Z
 
 
 @dataclass
@@ -129,12 +135,22 @@ def polish(level: Level, matrix: torch.Tensor, model: str) -> torch.Tensor:
     NGF finds where the edges line up but can stop on a ridge; MI, low-variance over every pixel of the level, can
     move on from there. On the real benchmark pairs, MI's moves that also raised NGF were right (RGB/NIR photographs,
     cross-season scenes: 3 failures became successes) and those that lowered it were wrong (fundus vs angiography,
-    maps: 3 successes would have failed), so both measures must agree. ``3 x 3``.
+    maps: 3 successes would have failed), so both measures must agree, unless the edges barely stand out and MI
+    stands out more (:func:`mi_outranks_edges`: blurred SPECT against CT). ``3 x 3``.
     """
     by_edges = refine(level, matrix, model)
     by_mi = refine(level, by_edges, model, score=symmetric_histogram_mi, grow=MI_GROW)
     edges = symmetric_ngf(level, torch.stack([by_edges, by_mi]))
-    return by_mi if float(edges[1]) >= float(edges[0]) else by_edges
+    if float(edges[1]) >= float(edges[0]):
+        return by_mi
+    return by_mi if mi_outranks_edges(*both_z(level, by_edges)) else by_edges
+
+
+def mi_outranks_edges(z: float, z_mi: float) -> bool:
+    """Whether MI's word outweighs the edges' at a transform whose NGF stands out by ``z`` and whose histogram MI
+    by ``z_mi``: the edges stand out too little to veto (below :data:`EDGES_VETO_Z`, or uncomputable), and MI stands
+    out more than they do."""
+    return math.isfinite(z_mi) and not (z >= EDGES_VETO_Z) and not (z_mi <= z)
 
 
 def misaligned(matrix: torch.Tensor, fixed_hw, scale: float) -> torch.Tensor:

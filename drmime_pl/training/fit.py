@@ -190,6 +190,11 @@ def rigid_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device_in
 #: round): the finer grid with 4 candidates gained `vis_ir_6` and lost `nighttime-109`, whose truth fell to 5th;
 #: with 6 it gained `vis_ir_6` and lost none, 59 s more over the 41 pairs than the 5-scale grid with 4.
 CANDIDATES_JUDGED = 6
+#: ... and of those scored by plain (uncentred) edge features on the same level
+#: (:func:`~drmime_pl.core.search.finest_candidates` with ``centred=False``), judged apart from them: the best of
+#: each pool is polished, and the one kept must beat the result on both measures. Pooled with the centred ones, a
+#: plain candidate that stood out a little more on edges alone displaced `vis_ir_6`'s right one (twenty-first round).
+PLAIN_CANDIDATES_JUDGED = 2
 #: A pixel of the level a candidate opinion finds its candidates on covers at most this many pixels of the finest
 #: pyramid level, within the search's 128 px and the judge's 256 px: a 320 px night picture keeps 128 px, a 640 px
 #: fundus photograph gets 214 px. At 128 px a level pixel covers 5 of its pixels, and `retina_88`'s truth was not
@@ -254,32 +259,41 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
         level = Level.from_pyramids(pair.fixed_pyramid, [w > 0 for w in pair.fixed_weights], pair.moving_pyramid,
                                     pair.moving_weights, pair.fixed_hw, pair.moving_hw, pair.scale,
                                     candidate_level_size(max(pair.fixed_pyramid[0].shape[-2:])), exact=True)
-        found = finest_candidates(level, m.transform, CANDIDATES_JUDGED, FINE_SCALE_STEPS)
-        starts = torch.stack([c.matrix for c in found])
-        pick = stands_out_most(judge, starts, m.transform)
+        pools = {"centred": finest_candidates(level, m.transform, CANDIDATES_JUDGED, FINE_SCALE_STEPS),
+                 "plain": finest_candidates(level, m.transform, PLAIN_CANDIDATES_JUDGED, FINE_SCALE_STEPS,
+                                            centred=False)}
         no_coefficients = torch.zeros(2, TRANSFORM_DOFS[m.transform], dtype=torch.float64)
-        candidate = finish(cfg, pair, judge, pick, no_coefficients, [], 0, time.perf_counter() - begun, False,
-                           started)
-        # Both results' z on both measures, on this judge level (the verdict computes MI's only for a low z).
-        scores = [both_z(judge, torch.as_tensor(result.matrix_normalised, dtype=torch.float64))
-                  for result in (current, candidate)]
+        # Both measures' z on this judge level (the verdict computes MI's only for a low z).
+        z_first, z_mi_first = both_z(judge, torch.as_tensor(current.matrix_normalised, dtype=torch.float64))
+        judged = []  # (features, candidate, z, z_mi), the best of each pool polished and judged
+        for features, found in pools.items():
+            pick = stands_out_most(judge, torch.stack([c.matrix for c in found]), m.transform)
+            candidate = finish(cfg, pair, judge, pick, no_coefficients, [], 0, time.perf_counter() - begun, False,
+                               started)
+            judged.append((features, candidate,
+                           *both_z(judge, torch.as_tensor(candidate.matrix_normalised, dtype=torch.float64))))
     except RegistrationInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a degenerate candidate: the result so far stands
         current.quality = dict(current.quality, candidate_opinion={
             "z_first": current.quality.get("z"), "z_candidate": None, "kept": "first", "error": str(exc)[:200]})
         return current
-    if candidate.quality.get("chosen") == "optimised":
-        candidate.quality["chosen"] = "candidate"
 
     def higher(a: float, b: float) -> bool:  # an uncomputable z (NaN) counts as lowest
         return (a if math.isfinite(a) else float("-inf")) > (b if math.isfinite(b) else float("-inf"))
 
-    (z_first, z_mi_first), (z_candidate, z_mi_candidate) = scores
-    both_higher = higher(z_candidate, z_first) and higher(z_mi_candidate, z_mi_first)
-    kept = better_opinion(current, candidate, "candidate_opinion", ("first", "candidate"), keep_second=both_higher,
+    # Of the pools' picks that beat the result on both measures, the one that stands out most on edges; with none,
+    # the one that does (it is recorded, and the result stands).
+    both_higher = [j for j in judged if higher(j[2], z_first) and higher(j[3], z_mi_first)]
+    features, candidate, z_candidate, z_mi_candidate = max(
+        both_higher or judged, key=lambda j: j[2] if math.isfinite(j[2]) else float("-inf"))
+    candidate.seconds = time.perf_counter() - begun
+    if candidate.quality.get("chosen") == "optimised":
+        candidate.quality["chosen"] = "candidate"
+    kept = better_opinion(current, candidate, "candidate_opinion", ("first", "candidate"),
+                          keep_second=bool(both_higher),
                           details={"z_mi_first": _finite_or_none(z_mi_first),
-                                   "z_mi_candidate": _finite_or_none(z_mi_candidate)})
+                                   "z_mi_candidate": _finite_or_none(z_mi_candidate), "features": features})
     if both_higher and not kept.quality.get("suspect"):
         # A kept candidate stays suspect: no optimisation confirmed it, and on the real benchmark pairs every
         # candidate whose own verdict cleared it was wrong (3 of 3; the right ones stayed below the threshold).
