@@ -35,7 +35,8 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 UNSCOREABLE = {("real-srif", "optical_sar")}
 #: The further opinions a suspect registration may get, in the order they run, and the name each gives the result
 #: it adds (``quality[key]["kept"]``).
-OPINIONS = (("second_opinion", "second"), ("rigid_opinion", "rigid"), ("candidate_opinion", "candidate"))
+OPINIONS = (("second_opinion", "second"), ("rigid_opinion", "rigid"), ("candidate_opinion", "candidate"),
+            ("intensity_opinion", "intensity"))
 COLUMNS = ["method", "group", "pair", "source", "modality", "magnitude", "fixed_hw", "rtre", "seconds", "threads",
            "matrix", "error", "steps", "suspect", "z", "z_mi", "chosen", *(key for key, _ in OPINIONS),
            "rtre_without_opinions"]

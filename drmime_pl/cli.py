@@ -123,13 +123,13 @@ def _fit_main(argv=None) -> int:
 def summary_lines(result) -> list:
     """What ``python -m drmime_pl.fit`` prints on stdout about a finished registration: how it ended, the verdict,
     each further opinion, the matrix and where the outputs are."""
-    from .training.progress import kept_a_candidate, run_state
+    from .training.progress import kept_unoptimised, run_state
 
     def one(value, digits=1) -> str:  # None: not computed (too little overlap, or not asked)
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     wall = f", wall time {result.wall_seconds:.1f} s" if result.wall_seconds is not None else ""
-    if kept_a_candidate(result):  # no MINE run for it: no steps, no MI
+    if kept_unoptimised(result):  # no MINE run for it: no steps, no MI
         lines = [f"drmime_pl: {run_state(result)}; the registrations took {result.seconds:.1f} s{wall}"]
     else:
         lines = [f"drmime_pl: {run_state(result)} in {result.seconds:.1f} s{wall}; final MI {result.final_mi:.3f} nats"]
@@ -139,14 +139,17 @@ def summary_lines(result) -> list:
         lines.append(f"quality: {verdict} (edge agreement {one(q['ngf'], 3)}, z {one(q['z'])} against misaligned "
                      f"copies; kept the {q['chosen']} transform)")
         for key, label in (("second_opinion", "second opinion"), ("rigid_opinion", "rigid opinion"),
-                           ("candidate_opinion", "candidate opinion")):
+                           ("candidate_opinion", "candidate opinion"), ("intensity_opinion", "intensity opinion")):
             opinion = q.get(key)
             if opinion and opinion.get("skipped"):
                 lines.append(f"{label}: not run, {opinion['skipped']}")
             elif opinion:
-                # z_<name> of both results, in order; the candidate opinion also has MI's z_mi_<name>
+                # z_<name> of both results, in order; the candidate opinion also has MI's z_mi_<name>, the
+                # intensity opinion MI itself, mi_<name> (nats)
                 sides = [f"z {one(value)}" + (f", MI z {one(opinion[f'z_mi_{name[2:]}'])}"
-                                              if f"z_mi_{name[2:]}" in opinion else "") + f" ({name[2:]})"
+                                              if f"z_mi_{name[2:]}" in opinion else "")
+                         + (f", MI {one(opinion[f'mi_{name[2:]}'], 3)}" if f"mi_{name[2:]}" in opinion else "")
+                         + f" ({name[2:]})"
                          for name, value in opinion.items() if name.startswith("z_") and not name.startswith("z_mi_")]
                 failed = f" ({opinion['error']})" if opinion.get("error") else ""
                 lines.append(f"{label}: {sides[0]} against {sides[1]}: kept the {opinion['kept']}{failed}")

@@ -45,6 +45,7 @@ class ModelConfig:
     second_opinion: bool = True
     rigid_opinion: bool = True
     candidate_opinion: bool = True
+    intensity_opinion: bool = True
     mine_hidden: List[int] = field(default_factory=lambda: [32, 32])
     bias_correction: bool = False
     ma_rate: float = 0.01

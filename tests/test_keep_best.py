@@ -43,7 +43,8 @@ def test_a_result_clearly_better_than_identity_is_kept():
 def test_a_result_is_suspect_only_when_neither_its_edges_nor_its_intensities_stand_out(monkeypatch):
     """The verdict's rule: NGF's z below SUSPECT_Z flags a result unless histogram MI's z, over the same misaligned
     copies, reaches MI_TRUST_Z; MI's z is computed only when NGF's falls below REVIEW_Z. Between SUSPECT_Z and
-    REVIEW_Z an unflagged result is still ``doubtful`` when MI does not vouch for it (the opinions look again)."""
+    REVIEW_Z an unflagged result is still ``doubtful`` when MI does not vouch for it (the opinions look again). Below
+    both, the two together clear the flag where their combined z, ``(z + z_mi) / sqrt(2)``, reaches JOINT_Z."""
     import drmime_pl.core.quality as quality
     from drmime_pl.core.histogram_mi import symmetric_histogram_mi
 
@@ -52,7 +53,9 @@ def test_a_result_is_suspect_only_when_neither_its_edges_nor_its_intensities_sta
     level, truth = _shifted_pair(4.0)
     for z_ngf, z_mi, suspect, doubtful in ((6.0, None, False, False), (between, 2.0, False, True),
                                            (between, 5.0, False, False), (3.0, 5.0, False, False),
-                                           (3.0, 2.0, True, True), (3.0, float("nan"), True, True)):
+                                           (3.0, 2.0, True, True), (3.0, float("nan"), True, True),
+                                           (3.0, 3.5, False, True),  # together 4.60: not flagged, still doubtful
+                                           (3.0, 3.3, True, True)):  # together 4.45: below JOINT_Z
         asked = []
 
         def stand_out(level, matrix, value, score=symmetric_ngf):
@@ -68,6 +71,7 @@ def test_a_result_is_suspect_only_when_neither_its_edges_nor_its_intensities_sta
         assert recorded == (z_mi if z_mi is not None and z_mi == z_mi else None)
         if suspect:
             assert "MI z" in verdict.reason and f"{quality.MI_TRUST_Z}" in verdict.reason
+            assert "together" in verdict.reason or z_mi != z_mi
         else:
             assert verdict.reason == ""
 

@@ -47,19 +47,31 @@ def format_seconds(seconds: float) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def kept_a_candidate(result) -> bool:
-    """Whether ``result`` (a :class:`~drmime_pl.io.result.Registration`) is a candidate that the candidate opinion
-    (:func:`drmime_pl.training.fit.candidate_opinion`) kept: no optimisation ran for it."""
-    return (result.quality or {}).get("candidate_opinion", {}).get("kept") == "candidate"
+#: The further opinions whose kept result no MINE optimisation produced (:mod:`drmime_pl.training.fit`), last
+#: first, with what the command line says of such a result.
+UNOPTIMISED_OPINIONS = (("intensity_opinion", "intensity",
+                         "kept a rigid registration on intensities from identity, not optimised (intensity opinion)"),
+                        ("candidate_opinion", "candidate",
+                         "kept a candidate of the search, not optimised (candidate opinion)"))
+
+
+def kept_unoptimised(result):
+    """How a kept result that no optimisation produced came about (a line for :func:`run_state`), or None for an
+    optimised one. ``result``: a :class:`~drmime_pl.io.result.Registration`. The last opinion that kept its own
+    result decides: an intensity opinion may replace a kept candidate."""
+    quality = result.quality or {}
+    for key, name, how in UNOPTIMISED_OPINIONS:
+        if quality.get(key, {}).get("kept") == name:
+            return how
+    return None
 
 
 def run_state(result) -> str:
     """How the kept result of a registration (a :class:`~drmime_pl.io.result.Registration`) was reached: "converged
-    after N steps", "reached fit.max_steps after N steps", or, for a candidate kept by the candidate opinion, that
-    no optimisation ran for it."""
-    if kept_a_candidate(result):
-        return "kept a candidate of the search, not optimised (candidate opinion)"
-    return f"{'converged' if result.converged else 'reached fit.max_steps'} after {result.steps} steps"
+    after N steps", "reached fit.max_steps after N steps", or, for a result an opinion kept without an
+    optimisation (:func:`kept_unoptimised`), how it did."""
+    return kept_unoptimised(result) or (
+        f"{'converged' if result.converged else 'reached fit.max_steps'} after {result.steps} steps")
 
 
 def done_line(result) -> str:
