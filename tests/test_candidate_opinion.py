@@ -124,6 +124,7 @@ def test_the_candidate_is_kept_only_when_both_of_its_scores_are_higher(monkeypat
     def scored(first, centred, plain=lowest):
         calls = iter([first, centred, plain])
         monkeypatch.setattr(quality_module, "both_z", lambda level, matrix: next(calls))
+        monkeypatch.setattr(quality_module, "polish", lambda level, matrix, model: matrix)  # it may ask both_z too
         return fit_module.candidate_opinion(cfg, _suspect_at_identity(), FIXED, MOVING, None, 0.0)
 
     kept = scored((2.0, 3.0), (5.0, 2.9))  # edges prefer the candidate, intensities do not
@@ -145,6 +146,7 @@ def test_the_plain_candidates_pick_is_judged_apart_and_kept_when_only_it_beats_t
     def scored(first, centred, plain):
         calls = iter([first, centred, plain])
         monkeypatch.setattr(quality_module, "both_z", lambda level, matrix: next(calls))
+        monkeypatch.setattr(quality_module, "polish", lambda level, matrix, model: matrix)  # it may ask both_z too
         return fit_module.candidate_opinion(cfg, _suspect_at_identity(), FIXED, MOVING, None, 0.0)
 
     # The centred pick stands out more on edges but not on intensities; the plain one beats the result on both.
