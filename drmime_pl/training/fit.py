@@ -271,18 +271,15 @@ def candidate_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     except RegistrationInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a degenerate candidate: the result so far stands
-        current.quality = dict(current.quality, candidate_opinion={
-            "z_first": current.quality.get("z"), "z_candidate": None, "kept": "first", "error": str(exc)[:200]})
-        return current
+        return _failed_opinion(current, "candidate_opinion", ("first", "candidate"), exc)
 
-    def higher(a: float, b: float) -> bool:  # an uncomputable z (NaN) counts as lowest
-        return (a if math.isfinite(a) else float("-inf")) > (b if math.isfinite(b) else float("-inf"))
+    def rank(z: float) -> float:  # an uncomputable z (NaN) counts as lowest
+        return z if math.isfinite(z) else float("-inf")
 
     # Of the pools' picks that beat the result on both measures, the one that stands out most on edges; with none,
     # the one that does (it is recorded, and the result stands).
-    both_higher = [j for j in judged if higher(j[2], z_first) and higher(j[3], z_mi_first)]
-    features, candidate, z_candidate, z_mi_candidate = max(
-        both_higher or judged, key=lambda j: j[2] if math.isfinite(j[2]) else float("-inf"))
+    both_higher = [j for j in judged if rank(j[2]) > rank(z_first) and rank(j[3]) > rank(z_mi_first)]
+    features, candidate, z_candidate, z_mi_candidate = max(both_higher or judged, key=lambda j: rank(j[2]))
     candidate.seconds = time.perf_counter() - begun
     if candidate.quality.get("chosen") == "optimised":
         candidate.quality["chosen"] = "candidate"
@@ -362,9 +359,7 @@ def intensity_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, start
     except RegistrationInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a degenerate result: the result so far stands
-        current.quality = dict(current.quality, intensity_opinion={
-            "z_first": current.quality.get("z"), "z_intensity": None, "kept": "first", "error": str(exc)[:200]})
-        return current
+        return _failed_opinion(current, "intensity_opinion", ("first", "intensity"), exc)
     candidate.seconds = time.perf_counter() - begun
     candidate.quality["chosen"] = "intensity"
     keep = intensities_win(mi_first, mi_new, ngf_first, ngf_new, current.quality.get("z"))
@@ -389,6 +384,15 @@ def intensities_win(mi_first: float, mi_new: float, ngf_first: float, ngf_new: f
     edges_can_veto = isinstance(z_first, (int, float)) and z_first >= EDGES_VETO_Z
     return (mi_new > mi_first + INTENSITY_MI_GAIN * abs(mi_first)
             and (ngf_new >= ngf_first - INTENSITY_NGF_SLACK or not edges_can_veto))
+
+
+def _failed_opinion(current, key: str, names, exc: Exception):
+    """``current``, standing after the opinion ``quality[key]`` failed with ``exc``: the record has its ``z``, none
+    for the other result (``names``: the two results' names, as :func:`better_opinion`'s) and the error."""
+    current.quality = dict(current.quality, **{key: {f"z_{names[0]}": current.quality.get("z"),
+                                                     f"z_{names[1]}": None, "kept": names[0],
+                                                     "error": str(exc)[:200]}})
+    return current
 
 
 def _announce(cfg: DictConfig, current, doing: str) -> None:
@@ -444,10 +448,7 @@ def _another_opinion(cfg: DictConfig, current, fixed, moving, fixed_mask, device
     except RegistrationInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a degenerate result: the opinion so far stands
-        current.quality = dict(current.quality, **{key: {f"z_{names[0]}": current.quality.get("z"),
-                                                         f"z_{names[1]}": None, "kept": names[0],
-                                                         "error": str(exc)[:200]}})
-        return current
+        return _failed_opinion(current, key, names, exc)
     return better_opinion(current, other, key, names)
 
 
